@@ -1,0 +1,124 @@
+//! Snapshots: the whole engine state as rkyv bytes, and back. The engine only turns state into
+//! bytes and bytes into state; writing the file safely (temp, fsync, rename) is the journal's job.
+//!
+//! The snapshot is a separate, Vec-shaped type rather than the in-memory structures themselves:
+//! hash maps are written as sorted lists and rebuilt on restore, so the same state always gives
+//! the same bytes, and the in-memory layout can change without changing the format.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use crate::config::EngineConfig;
+use crate::engine::Engine;
+use crate::ids::Timestamp;
+use crate::state::{Account, FinishedHold, Hold, IdempotencyEntry, PaymentRecord, Pocket};
+use crate::window::Window;
+
+/// Bumped whenever `EngineSnapshot`'s shape changes; restore refuses other versions.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct EngineSnapshot {
+    format_version: u32,
+    config: EngineConfig,
+    last_seq: u64,
+    last_timestamp: Timestamp,
+    next_txn: u64,
+    next_hold: u64,
+    accounts: Vec<Account>,
+    /// In id order.
+    pockets: Vec<Pocket>,
+    /// In id order.
+    holds: Vec<Hold>,
+    finished_holds: Vec<FinishedHold>,
+    finished_holds_evicted_early: u64,
+    payments: Vec<PaymentRecord>,
+    payments_evicted_early: u64,
+    idempotency: Vec<IdempotencyEntry>,
+    idempotency_evicted_early: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The bytes are not a well-formed snapshot.
+    Decode(String),
+    Version { found: u32, expected: u32 },
+    /// Well-formed, but the state breaks an engine invariant.
+    Invalid(String),
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::Decode(reason) => write!(f, "snapshot does not decode: {reason}"),
+            SnapshotError::Version { found, expected } => {
+                write!(f, "snapshot format version {found}, this build reads {expected}")
+            }
+            SnapshotError::Invalid(reason) => write!(f, "snapshot breaks an invariant: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+impl Engine {
+    /// The whole state as bytes. Equal states give equal bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut holds: Vec<Hold> = self.holds.values().cloned().collect();
+        holds.sort_unstable_by_key(|hold| hold.id);
+        let snapshot = EngineSnapshot {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            config: self.config.clone(),
+            last_seq: self.last_seq,
+            last_timestamp: self.last_timestamp,
+            next_txn: self.next_txn,
+            next_hold: self.next_hold,
+            accounts: self.accounts.clone(),
+            pockets: self.pockets.values().cloned().collect(),
+            holds,
+            finished_holds: self.finished_holds.items().cloned().collect(),
+            finished_holds_evicted_early: self.finished_holds.evicted_early,
+            payments: self.payments.items().cloned().collect(),
+            payments_evicted_early: self.payments.evicted_early,
+            idempotency: self.idempotency.items().cloned().collect(),
+            idempotency_evicted_early: self.idempotency.evicted_early,
+        };
+        let bytes = rkyv::to_bytes::<rancor::Error>(&snapshot);
+        // Serialising owned, in-memory data into a growable buffer cannot fail.
+        bytes.expect("snapshot serialisation").into_vec()
+    }
+
+    /// Rebuilds an engine from `snapshot` bytes, validating both the encoding and every
+    /// invariant, so a damaged or forged snapshot is an error, never a wrong ledger.
+    pub fn restore(bytes: &[u8]) -> Result<Engine, SnapshotError> {
+        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let snapshot = rkyv::from_bytes::<EngineSnapshot, rancor::Error>(&aligned)
+            .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        if snapshot.format_version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::Version {
+                found: snapshot.format_version,
+                expected: SNAPSHOT_FORMAT_VERSION,
+            });
+        }
+        snapshot.config.validate().map_err(SnapshotError::Invalid)?;
+        let mut engine = Engine::new(snapshot.config);
+        engine.last_seq = snapshot.last_seq;
+        engine.last_timestamp = snapshot.last_timestamp;
+        engine.next_txn = snapshot.next_txn;
+        engine.next_hold = snapshot.next_hold;
+        engine.accounts = snapshot.accounts;
+        engine.pockets = snapshot.pockets.into_iter().map(|p| (p.id, p)).collect();
+        for hold in snapshot.holds {
+            engine.hold_deadlines.insert((hold.expires_at, hold.id));
+            engine.holds.insert(hold.id, hold);
+        }
+        engine.finished_holds =
+            Window::from_items(snapshot.finished_holds, snapshot.finished_holds_evicted_early);
+        engine.payments = Window::from_items(snapshot.payments, snapshot.payments_evicted_early);
+        engine.idempotency =
+            Window::from_items(snapshot.idempotency, snapshot.idempotency_evicted_early);
+        engine.verify().map_err(SnapshotError::Invalid)?;
+        Ok(engine)
+    }
+}
