@@ -20,8 +20,20 @@ pub const BALANCE_UNITS_MAX: i128 = AMOUNT_UNITS_MAX as i128;
 ///
 /// Commands carry `Amount`s straight from the wire, so the engine re-checks
 /// [`Amount::is_valid_positive`] before it uses one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub struct Amount(pub u64);
 
@@ -103,8 +115,19 @@ pub fn units_to_decimal(units: i128) -> Decimal {
 
 /// ISO 4217 numeric currency code. The engine treats currencies as opaque labels and keeps one
 /// zero-sum ledger per currency; the gateway decides which codes it accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub struct Currency(pub u16);
 
@@ -138,16 +161,40 @@ mod tests {
 
     #[test]
     fn parses_exactly_and_rejects_what_does_not_fit() {
-        assert_eq!(Amount::from_decimal(dec("150000")), Ok(Amount(1_500_000_000)));
+        assert_eq!(
+            Amount::from_decimal(dec("150000")),
+            Ok(Amount(1_500_000_000))
+        );
         assert_eq!(Amount::from_decimal(dec("0.0001")), Ok(Amount(1)));
         assert_eq!(Amount::from_decimal(dec("1.50000")), Ok(Amount(15_000)));
-        assert_eq!(Amount::from_decimal(dec("0.00001")), Err(AmountError::TooManyDecimals));
-        assert_eq!(Amount::from_decimal(dec("1.23456")), Err(AmountError::TooManyDecimals));
-        assert_eq!(Amount::from_decimal(dec("0")), Err(AmountError::NotPositive));
-        assert_eq!(Amount::from_decimal(dec("-5")), Err(AmountError::NotPositive));
-        assert_eq!(Amount::from_decimal(dec("999999999999999.9999")), Ok(Amount::MAX));
-        assert_eq!(Amount::from_decimal(dec("1000000000000000")), Err(AmountError::TooLarge));
-        assert_eq!(Amount::from_decimal(dec("79228162514264337593543950335")), Err(AmountError::TooLarge));
+        assert_eq!(
+            Amount::from_decimal(dec("0.00001")),
+            Err(AmountError::TooManyDecimals)
+        );
+        assert_eq!(
+            Amount::from_decimal(dec("1.23456")),
+            Err(AmountError::TooManyDecimals)
+        );
+        assert_eq!(
+            Amount::from_decimal(dec("0")),
+            Err(AmountError::NotPositive)
+        );
+        assert_eq!(
+            Amount::from_decimal(dec("-5")),
+            Err(AmountError::NotPositive)
+        );
+        assert_eq!(
+            Amount::from_decimal(dec("999999999999999.9999")),
+            Ok(Amount::MAX)
+        );
+        assert_eq!(
+            Amount::from_decimal(dec("1000000000000000")),
+            Err(AmountError::TooLarge)
+        );
+        assert_eq!(
+            Amount::from_decimal(dec("79228162514264337593543950335")),
+            Err(AmountError::TooLarge)
+        );
     }
 
     #[test]

@@ -8,8 +8,20 @@ const NANOS_PER_SECOND: u64 = 1_000_000_000;
 const SECONDS_PER_DAY: u64 = 86_400;
 
 /// A calendar date as days since 1970-01-01. Used for pocket target dates.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub struct Date(pub u32);
 
@@ -87,7 +99,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_shifted = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_shifted + 2) / 5 + 1) as u32;
-    let month = if month_shifted < 10 { month_shifted + 3 } else { month_shifted - 9 } as u32;
+    let month = if month_shifted < 10 {
+        month_shifted + 3
+    } else {
+        month_shifted - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -108,7 +124,10 @@ mod tests {
         let after = utc(2026, 11, 24, 17, 0);
         assert_eq!(jakarta_date(before).to_ymd(), (2026, 11, 24));
         assert_eq!(jakarta_date(after).to_ymd(), (2026, 11, 25));
-        assert_eq!(jakarta_midnight(Date::from_ymd(2026, 11, 25).expect("date")), after);
+        assert_eq!(
+            jakarta_midnight(Date::from_ymd(2026, 11, 25).expect("date")),
+            after
+        );
     }
 
     #[test]
@@ -125,7 +144,10 @@ mod tests {
             let (y, m, d) = Date(day).to_ymd();
             assert_eq!(Date::from_ymd(y, m, d), Some(Date(day)), "day {day}");
         }
-        assert_eq!(Date::from_ymd(2024, 2, 29).map(Date::to_ymd), Some((2024, 2, 29)));
+        assert_eq!(
+            Date::from_ymd(2024, 2, 29).map(Date::to_ymd),
+            Some((2024, 2, 29))
+        );
         assert_eq!(Date::from_ymd(2025, 2, 29), None);
         assert_eq!(Date::from_ymd(1900, 3, 1), None);
         assert_eq!(Date::from_ymd(2026, 13, 1), None);

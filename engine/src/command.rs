@@ -11,16 +11,14 @@ pub const BATCH_TRANSFERS_MAX: usize = 8190;
 pub const POCKET_NAME_BYTES_MAX: usize = 64;
 
 /// One command for the engine: what to do, and the client's idempotency key for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Command {
     pub key: IdempotencyKey,
     pub body: CommandBody,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum CommandBody {
     OpenAccount(OpenAccount),
@@ -39,8 +37,19 @@ pub enum CommandBody {
     HoldRelease(HoldRelease),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub enum AccountKind {
     Customer,
@@ -52,8 +61,19 @@ pub enum AccountKind {
     Pocket,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub enum AccountStatus {
     Active,
@@ -63,8 +83,7 @@ pub enum AccountStatus {
     Closed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct OpenAccount {
     pub owner: OwnerId,
@@ -78,8 +97,7 @@ pub struct OpenAccount {
 }
 
 /// Changes to an account's status, tier or overdraft; `None` leaves a field as it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct UpdateAccount {
     pub account: AccountId,
@@ -88,8 +106,7 @@ pub struct UpdateAccount {
     pub overdraft_limit: Option<Amount>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct OpenPocket {
     pub parent: AccountId,
@@ -101,8 +118,7 @@ pub struct OpenPocket {
 }
 
 /// Money arriving from outside: debits the settlement account, credits the account.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Deposit {
     pub settlement: AccountId,
@@ -112,8 +128,7 @@ pub struct Deposit {
 }
 
 /// Money leaving the bank: debits the account, credits the settlement account.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Withdrawal {
     pub account: AccountId,
@@ -123,8 +138,7 @@ pub struct Withdrawal {
 }
 
 /// An internal transfer between customer or merchant accounts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Transfer {
     pub from: AccountId,
@@ -133,8 +147,7 @@ pub struct Transfer {
     pub currency: Currency,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum PocketDirection {
     /// From the parent account into the pocket.
@@ -143,8 +156,7 @@ pub enum PocketDirection {
     Out,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct PocketMove {
     pub pocket: AccountId,
@@ -154,8 +166,7 @@ pub struct PocketMove {
 }
 
 /// A customer paying a merchant. Refundable later by its `TxnId`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Payment {
     pub customer: AccountId,
@@ -165,8 +176,7 @@ pub struct Payment {
 }
 
 /// Returns part or all of a payment from the merchant to the customer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Refund {
     pub payment: TxnId,
@@ -175,8 +185,7 @@ pub struct Refund {
 }
 
 /// Reserves funds on `account` for a later payment to `destination`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct HoldReserve {
     pub account: AccountId,
@@ -188,16 +197,14 @@ pub struct HoldReserve {
 }
 
 /// Moves `amount` (at most the held amount) to the hold's destination and releases the rest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct HoldCommit {
     pub hold: HoldId,
     pub amount: Amount,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct HoldRelease {
     pub hold: HoldId,
@@ -211,23 +218,36 @@ impl CommandBody {
         let mut f = Fingerprint::new();
         match self {
             CommandBody::OpenAccount(c) => {
-                f.word(1).word128(c.owner.0).word(kind_code(c.kind)).word(c.tier.into());
+                f.word(1)
+                    .word128(c.owner.0)
+                    .word(kind_code(c.kind))
+                    .word(c.tier.into());
                 f.word(c.currency.0.into()).word(c.overdraft_limit.0);
             }
             CommandBody::UpdateAccount(c) => {
                 f.word(2).word(c.account.0);
-                f.option(c.status.map(status_code)).option(c.tier.map(u64::from));
+                f.option(c.status.map(status_code))
+                    .option(c.tier.map(u64::from));
                 f.option(c.overdraft_limit.map(|a| a.0));
             }
             CommandBody::OpenPocket(c) => {
-                f.word(3).word(c.parent.0).bytes(c.name.as_bytes()).word(c.target_amount.0);
+                f.word(3)
+                    .word(c.parent.0)
+                    .bytes(c.name.as_bytes())
+                    .word(c.target_amount.0);
                 f.word(c.target_date.0.into()).word(c.locked.into());
             }
             CommandBody::Deposit(c) => {
-                f.word(4).word(c.settlement.0).word(c.account.0).money(c.amount, c.currency);
+                f.word(4)
+                    .word(c.settlement.0)
+                    .word(c.account.0)
+                    .money(c.amount, c.currency);
             }
             CommandBody::Withdrawal(c) => {
-                f.word(5).word(c.account.0).word(c.settlement.0).money(c.amount, c.currency);
+                f.word(5)
+                    .word(c.account.0)
+                    .word(c.settlement.0)
+                    .money(c.amount, c.currency);
             }
             CommandBody::Transfer(c) => {
                 f.word(6).transfer(c);
@@ -243,16 +263,25 @@ impl CommandBody {
                     PocketDirection::In => 1,
                     PocketDirection::Out => 2,
                 };
-                f.word(8).word(c.pocket.0).word(direction).money(c.amount, c.currency);
+                f.word(8)
+                    .word(c.pocket.0)
+                    .word(direction)
+                    .money(c.amount, c.currency);
             }
             CommandBody::Payment(c) => {
-                f.word(9).word(c.customer.0).word(c.merchant.0).money(c.amount, c.currency);
+                f.word(9)
+                    .word(c.customer.0)
+                    .word(c.merchant.0)
+                    .money(c.amount, c.currency);
             }
             CommandBody::Refund(c) => {
                 f.word(10).word(c.payment.0).money(c.amount, c.currency);
             }
             CommandBody::HoldReserve(c) => {
-                f.word(11).word(c.account.0).word(c.destination.0).money(c.amount, c.currency);
+                f.word(11)
+                    .word(c.account.0)
+                    .word(c.destination.0)
+                    .money(c.amount, c.currency);
                 f.word(c.expires_at.0);
             }
             CommandBody::HoldCommit(c) => {
@@ -353,9 +382,15 @@ mod tests {
     #[test]
     fn fingerprint_is_stable_and_separates_bodies() {
         // A literal: if this changes, snapshots written by older builds would misjudge retries.
-        assert_eq!(transfer(10_000).fingerprint(), transfer(10_000).fingerprint());
+        assert_eq!(
+            transfer(10_000).fingerprint(),
+            transfer(10_000).fingerprint()
+        );
         assert_eq!(transfer(10_000).fingerprint(), 0xd473_87a5_b3b6_36bb_u64);
-        assert_ne!(transfer(10_000).fingerprint(), transfer(10_001).fingerprint());
+        assert_ne!(
+            transfer(10_000).fingerprint(),
+            transfer(10_001).fingerprint()
+        );
         let swapped = CommandBody::Transfer(Transfer {
             from: AccountId(2),
             to: AccountId(1),

@@ -5,8 +5,7 @@ use crate::amount::Amount;
 use crate::ids::NANOS_PER_DAY;
 
 /// Outgoing limits of one customer tier, per Jakarta calendar day and month.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct TierLimits {
     pub daily_outgoing: Amount,
@@ -16,8 +15,7 @@ pub struct TierLimits {
 /// The most tiers a configuration may define (tiers are `u8` indexes).
 pub const TIERS_MAX: usize = 16;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct EngineConfig {
     /// Indexed by `Account::tier`.
@@ -83,11 +81,16 @@ impl EngineConfig {
     /// Checks the configuration's own consistency; a bad one is a startup error, not a panic.
     pub fn validate(&self) -> Result<(), String> {
         if self.tiers.is_empty() || self.tiers.len() > TIERS_MAX {
-            return Err(format!("tiers: need 1..={TIERS_MAX}, got {}", self.tiers.len()));
+            return Err(format!(
+                "tiers: need 1..={TIERS_MAX}, got {}",
+                self.tiers.len()
+            ));
         }
         for (index, tier) in self.tiers.iter().enumerate() {
             if tier.daily_outgoing > tier.monthly_outgoing || tier.monthly_outgoing > Amount::MAX {
-                return Err(format!("tier {index}: need daily <= monthly <= DECIMAL(19,4) max"));
+                return Err(format!(
+                    "tier {index}: need daily <= monthly <= DECIMAL(19,4) max"
+                ));
             }
         }
         let positive = [

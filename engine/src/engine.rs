@@ -26,8 +26,11 @@ pub const EXPIRIES_PER_COMMAND_MAX: usize = 64;
 /// Accounts that can send and receive transfers and payments.
 const PARTIES: &[AccountKind] = &[AccountKind::Customer, AccountKind::Merchant];
 const SETTLEMENT: &[AccountKind] = &[AccountKind::Settlement];
-const HOLD_DESTINATIONS: &[AccountKind] =
-    &[AccountKind::Customer, AccountKind::Merchant, AccountKind::Settlement];
+const HOLD_DESTINATIONS: &[AccountKind] = &[
+    AccountKind::Customer,
+    AccountKind::Merchant,
+    AccountKind::Settlement,
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Engine {
@@ -137,31 +140,54 @@ impl Engine {
     /// earlier than the last one: the pipeline guarantees both, so a violation is a bug and
     /// panics.
     pub fn apply(&mut self, seq: u64, timestamp: Timestamp, command: &Command) -> Outcome {
-        assert_eq!(seq, self.last_seq + 1, "commands must arrive with consecutive seq numbers");
-        assert!(timestamp >= self.last_timestamp, "timestamps must not go backwards");
+        assert_eq!(
+            seq,
+            self.last_seq + 1,
+            "commands must arrive with consecutive seq numbers"
+        );
+        assert!(
+            timestamp >= self.last_timestamp,
+            "timestamps must not go backwards"
+        );
         self.last_seq = seq;
         self.last_timestamp = timestamp;
         let now = self.now(seq, timestamp);
         self.expire_windows(now);
         let expired_holds = self.expire_holds(now);
         let result = self.apply_once(now, command);
-        assert_eq!(self.net_units, 0, "debits must equal credits in every command");
-        Outcome { result, expired_holds }
+        assert_eq!(
+            self.net_units, 0,
+            "debits must equal credits in every command"
+        );
+        Outcome {
+            result,
+            expired_holds,
+        }
     }
 
     fn now(&mut self, seq: u64, timestamp: Timestamp) -> Now {
         let date = jakarta_date(timestamp);
         if date != self.calendar.date || self.calendar.month_index == 0 {
-            self.calendar = CalendarCache { date, month_index: month_index(date) };
+            self.calendar = CalendarCache {
+                date,
+                month_index: month_index(date),
+            };
         }
-        Now { seq, timestamp, date, month_index: self.calendar.month_index }
+        Now {
+            seq,
+            timestamp,
+            date,
+            month_index: self.calendar.month_index,
+        }
     }
 
     fn expire_windows(&mut self, now: Now) {
         let config = &self.config;
-        self.idempotency.expire(now.timestamp, config.idempotency_window_ns);
+        self.idempotency
+            .expire(now.timestamp, config.idempotency_window_ns);
         self.payments.expire(now.timestamp, config.refund_window_ns);
-        self.finished_holds.expire(now.timestamp, config.idempotency_window_ns);
+        self.finished_holds
+            .expire(now.timestamp, config.idempotency_window_ns);
     }
 
     /// Runs the command unless its idempotency key was already used in the window.
@@ -172,7 +198,10 @@ impl Engine {
             if entry.fingerprint != fingerprint {
                 return CommandResult::Rejected(RejectCode::IdempotencyConflict);
             }
-            return CommandResult::Replayed { original_seq: entry.seq, original: entry.summary };
+            return CommandResult::Replayed {
+                original_seq: entry.seq,
+                original: entry.summary,
+            };
         }
         let result = match self.execute(now, &command.body) {
             Ok(result) => result,
@@ -186,7 +215,8 @@ impl Engine {
                 at: now.timestamp,
                 summary,
             };
-            self.idempotency.push(entry, self.config.idempotency_entries_max);
+            self.idempotency
+                .push(entry, self.config.idempotency_entries_max);
         }
         result
     }
@@ -224,14 +254,17 @@ impl Engine {
             return Err(RejectCode::InvalidAccountKind);
         }
         self.require_account_capacity()?;
-        let account = self.push_account(now, NewAccount {
-            owner: c.owner,
-            kind: c.kind,
-            tier: c.tier,
-            currency: c.currency,
-            overdraft_limit: c.overdraft_limit,
-            parent: AccountId(0),
-        });
+        let account = self.push_account(
+            now,
+            NewAccount {
+                owner: c.owner,
+                kind: c.kind,
+                tier: c.tier,
+                currency: c.currency,
+                overdraft_limit: c.overdraft_limit,
+                parent: AccountId(0),
+            },
+        );
         Ok(CommandResult::AccountOpened { account })
     }
 
@@ -305,14 +338,17 @@ impl Engine {
         }
         self.require_account_capacity()?;
         let owner = &self.accounts[parent];
-        let pocket = self.push_account(now, NewAccount {
-            owner: owner.owner,
-            kind: AccountKind::Pocket,
-            tier: owner.tier,
-            currency: owner.currency,
-            overdraft_limit: Amount::ZERO,
-            parent: c.parent,
-        });
+        let pocket = self.push_account(
+            now,
+            NewAccount {
+                owner: owner.owner,
+                kind: AccountKind::Pocket,
+                tier: owner.tier,
+                currency: owner.currency,
+                overdraft_limit: Amount::ZERO,
+                parent: c.parent,
+            },
+        );
         self.accounts[parent].open_pockets += 1;
         let record = Pocket {
             id: pocket,
@@ -331,37 +367,46 @@ impl Engine {
     fn deposit(&mut self, now: Now, c: &Deposit) -> Checked<Posted> {
         require_amount(c.amount)?;
         let (from, to) = self.parties(c.settlement, SETTLEMENT, c.account, PARTIES)?;
-        self.move_money(now, Movement {
-            from,
-            to,
-            amount: c.amount,
-            currency: c.currency,
-            counts_toward_limits: false,
-        })
+        self.move_money(
+            now,
+            Movement {
+                from,
+                to,
+                amount: c.amount,
+                currency: c.currency,
+                counts_toward_limits: false,
+            },
+        )
     }
 
     fn withdrawal(&mut self, now: Now, c: &Withdrawal) -> Checked<Posted> {
         require_amount(c.amount)?;
         let (from, to) = self.parties(c.account, PARTIES, c.settlement, SETTLEMENT)?;
-        self.move_money(now, Movement {
-            from,
-            to,
-            amount: c.amount,
-            currency: c.currency,
-            counts_toward_limits: true,
-        })
+        self.move_money(
+            now,
+            Movement {
+                from,
+                to,
+                amount: c.amount,
+                currency: c.currency,
+                counts_toward_limits: true,
+            },
+        )
     }
 
     fn transfer(&mut self, now: Now, c: &Transfer) -> Checked<Posted> {
         require_amount(c.amount)?;
         let (from, to) = self.parties(c.from, PARTIES, c.to, PARTIES)?;
-        self.move_money(now, Movement {
-            from,
-            to,
-            amount: c.amount,
-            currency: c.currency,
-            counts_toward_limits: true,
-        })
+        self.move_money(
+            now,
+            Movement {
+                from,
+                to,
+                amount: c.amount,
+                currency: c.currency,
+                counts_toward_limits: true,
+            },
+        )
     }
 
     fn transfer_batch(&mut self, now: Now, items: &[Transfer]) -> Checked<CommandResult> {
@@ -393,13 +438,16 @@ impl Engine {
                 (pocket, parent)
             }
         };
-        self.move_money(now, Movement {
-            from,
-            to,
-            amount: c.amount,
-            currency: c.currency,
-            counts_toward_limits: false,
-        })
+        self.move_money(
+            now,
+            Movement {
+                from,
+                to,
+                amount: c.amount,
+                currency: c.currency,
+                counts_toward_limits: false,
+            },
+        )
     }
 
     fn payment(&mut self, now: Now, c: &Payment) -> Checked<Posted> {
@@ -407,13 +455,16 @@ impl Engine {
         let customer = &[AccountKind::Customer];
         let merchant = &[AccountKind::Merchant];
         let (from, to) = self.parties(c.customer, customer, c.merchant, merchant)?;
-        let posted = self.move_money(now, Movement {
-            from,
-            to,
-            amount: c.amount,
-            currency: c.currency,
-            counts_toward_limits: true,
-        })?;
+        let posted = self.move_money(
+            now,
+            Movement {
+                from,
+                to,
+                amount: c.amount,
+                currency: c.currency,
+                counts_toward_limits: true,
+            },
+        )?;
         let record = PaymentRecord {
             txn: posted.txn,
             customer: c.customer,
@@ -423,7 +474,8 @@ impl Engine {
             currency: c.currency,
             at: now.timestamp,
         };
-        self.payments.push(record, self.config.refundable_payments_max);
+        self.payments
+            .push(record, self.config.refundable_payments_max);
         Ok(posted)
     }
 
@@ -438,14 +490,20 @@ impl Engine {
         if c.amount.0 > payment.amount.0 - payment.refunded.0 {
             return Err(RejectCode::RefundExceedsPayment);
         }
-        let (from, to) = (self.index_of(payment.merchant), self.index_of(payment.customer));
-        let posted = self.move_money(now, Movement {
-            from,
-            to,
-            amount: c.amount,
-            currency: c.currency,
-            counts_toward_limits: false,
-        })?;
+        let (from, to) = (
+            self.index_of(payment.merchant),
+            self.index_of(payment.customer),
+        );
+        let posted = self.move_money(
+            now,
+            Movement {
+                from,
+                to,
+                amount: c.amount,
+                currency: c.currency,
+                counts_toward_limits: false,
+            },
+        )?;
         let payment = self.payments.get_mut(c.payment, now.timestamp, window_ns);
         let payment = payment.expect("payment found above and not removed since");
         payment.refunded = Amount(payment.refunded.0 + c.amount.0);
@@ -458,7 +516,9 @@ impl Engine {
         require_amount(c.amount)?;
         let (account, destination) =
             self.parties(c.account, PARTIES, c.destination, HOLD_DESTINATIONS)?;
-        let horizon = now.timestamp.saturating_add_nanos(self.config.hold_duration_max_ns);
+        let horizon = now
+            .timestamp
+            .saturating_add_nanos(self.config.hold_duration_max_ns);
         if c.expires_at <= now.timestamp || c.expires_at > horizon {
             return Err(RejectCode::InvalidHoldExpiry);
         }
@@ -476,17 +536,25 @@ impl Engine {
         self.next_hold += 1;
         let held_after = self.change_held(account, i128::from(c.amount.0));
         self.hold_deadlines.insert((c.expires_at, hold));
-        self.holds.insert(hold, Hold {
-            id: hold,
+        self.holds.insert(
+            hold,
+            Hold {
+                id: hold,
+                account: c.account,
+                destination: c.destination,
+                amount: c.amount,
+                currency: c.currency,
+                expires_at: c.expires_at,
+                limit_date: now.date,
+                limit_month_index: now.month_index,
+            },
+        );
+        let change = HoldChange {
+            hold,
             account: c.account,
-            destination: c.destination,
             amount: c.amount,
-            currency: c.currency,
-            expires_at: c.expires_at,
-            limit_date: now.date,
-            limit_month_index: now.month_index,
-        });
-        let change = HoldChange { hold, account: c.account, amount: c.amount, held_after };
+            held_after,
+        };
         Ok(CommandResult::HoldReserved(change))
     }
 
@@ -510,7 +578,11 @@ impl Engine {
         let released = Amount(hold.amount.0 - c.amount.0);
         let change = self.finish_hold(&hold, HoldEnd::Committed, released, now);
         let posted = self.post(now, movement);
-        Ok(CommandResult::HoldCommitted { hold: change, released, posted })
+        Ok(CommandResult::HoldCommitted {
+            hold: change,
+            released,
+            posted,
+        })
     }
 
     fn hold_release(&mut self, now: Now, c: &HoldRelease) -> Checked<CommandResult> {
@@ -528,7 +600,11 @@ impl Engine {
             return Ok(hold.clone());
         }
         let window_ns = self.config.idempotency_window_ns;
-        match self.finished_holds.get(id, now.timestamp, window_ns).map(|f| f.end) {
+        match self
+            .finished_holds
+            .get(id, now.timestamp, window_ns)
+            .map(|f| f.end)
+        {
             Some(HoldEnd::Expired) => Err(RejectCode::HoldExpired),
             Some(HoldEnd::Committed | HoldEnd::Released) => Err(RejectCode::HoldNotActive),
             None => Err(RejectCode::HoldNotFound),
@@ -541,18 +617,30 @@ impl Engine {
         let removed = self.holds.remove(&hold.id);
         assert!(removed.is_some(), "finishing a hold that is not active");
         assert!(self.hold_deadlines.remove(&(hold.expires_at, hold.id)));
-        let finished = FinishedHold { id: hold.id, end, at: now.timestamp };
-        self.finished_holds.push(finished, self.config.finished_holds_max);
+        let finished = FinishedHold {
+            id: hold.id,
+            end,
+            at: now.timestamp,
+        };
+        self.finished_holds
+            .push(finished, self.config.finished_holds_max);
         let account = self.index_of(hold.account);
         let held_after = self.change_held(account, -i128::from(hold.amount.0));
         self.give_back_limits(account, unused, hold.limit_date, hold.limit_month_index);
-        HoldChange { hold: hold.id, account: hold.account, amount: hold.amount, held_after }
+        HoldChange {
+            hold: hold.id,
+            account: hold.account,
+            amount: hold.amount,
+            held_after,
+        }
     }
 
     fn expire_holds(&mut self, now: Now) -> Vec<HoldExpired> {
         let mut expired = Vec::new();
         while expired.len() < EXPIRIES_PER_COMMAND_MAX {
-            let Some(&(deadline, id)) = self.hold_deadlines.first() else { break };
+            let Some(&(deadline, id)) = self.hold_deadlines.first() else {
+                break;
+            };
             if deadline > now.timestamp {
                 break;
             }
@@ -581,7 +669,8 @@ impl Engine {
 
     /// The index of an account the engine itself recorded (a pocket's parent, a hold's account).
     fn index_of(&self, id: AccountId) -> usize {
-        self.index(id).expect("engine-recorded account ids always exist")
+        self.index(id)
+            .expect("engine-recorded account ids always exist")
     }
 
     /// Looks up both sides of a movement: existence, then distinctness, then kinds.
@@ -713,8 +802,16 @@ impl Engine {
         self.next_txn += 1;
         Posted {
             txn,
-            debit: Posting { account: id_of(m.from), amount: m.amount, balance_after: debit },
-            credit: Posting { account: id_of(m.to), amount: m.amount, balance_after: credit },
+            debit: Posting {
+                account: id_of(m.from),
+                amount: m.amount,
+                balance_after: debit,
+            },
+            credit: Posting {
+                account: id_of(m.to),
+                amount: m.amount,
+                balance_after: credit,
+            },
         }
     }
 
@@ -723,10 +820,16 @@ impl Engine {
         let account = &mut self.accounts[index];
         account.balance += delta;
         self.net_units += delta;
-        assert!(account.balance.abs() <= BALANCE_UNITS_MAX, "balance outside DECIMAL(19,4)");
+        assert!(
+            account.balance.abs() <= BALANCE_UNITS_MAX,
+            "balance outside DECIMAL(19,4)"
+        );
         if account.kind != AccountKind::Settlement {
             let floor = -i128::from(account.overdraft_limit.0);
-            assert!(account.available() >= floor, "balance below zero without overdraft");
+            assert!(
+                account.available() >= floor,
+                "balance below zero without overdraft"
+            );
         }
         account.balance
     }
@@ -783,7 +886,10 @@ impl Engine {
     }
 
     pub fn accounts(&self) -> impl ExactSizeIterator<Item = (AccountId, &Account)> {
-        self.accounts.iter().enumerate().map(|(index, account)| (id_of(index), account))
+        self.accounts
+            .iter()
+            .enumerate()
+            .map(|(index, account)| (id_of(index), account))
     }
 
     pub fn pocket(&self, id: AccountId) -> Option<&Pocket> {
@@ -792,7 +898,9 @@ impl Engine {
 
     /// Pockets of one account, in id order.
     pub fn pockets_of(&self, parent: AccountId) -> impl Iterator<Item = &Pocket> {
-        self.pockets.values().filter(move |pocket| pocket.parent == parent)
+        self.pockets
+            .values()
+            .filter(move |pocket| pocket.parent == parent)
     }
 
     pub fn hold(&self, id: HoldId) -> Option<&Hold> {
@@ -825,13 +933,20 @@ impl Engine {
     /// forms on every command; tests call this after every step and restore calls it once.
     pub fn verify(&self) -> Result<(), String> {
         if let Some((currency, total)) = self.ledger_totals().into_iter().find(|(_, t)| *t != 0) {
-            return Err(format!("ledger for currency {} sums to {total}, not zero", currency.0));
+            return Err(format!(
+                "ledger for currency {} sums to {total}, not zero",
+                currency.0
+            ));
         }
         let mut held = vec![0i128; self.accounts.len()];
         for hold in self.holds.values() {
-            let index = self.index(hold.account).map_err(|_| "hold on unknown account")?;
+            let index = self
+                .index(hold.account)
+                .map_err(|_| "hold on unknown account")?;
             held[index] += i128::from(hold.amount.0);
-            if !self.hold_deadlines.contains(&(hold.expires_at, hold.id)) || hold.id.0 >= self.next_hold {
+            if !self.hold_deadlines.contains(&(hold.expires_at, hold.id))
+                || hold.id.0 >= self.next_hold
+            {
                 return Err(format!("hold {} is not indexed by its deadline", hold.id.0));
             }
         }
@@ -840,8 +955,12 @@ impl Engine {
         }
         let mut open_pockets = vec![0u32; self.accounts.len()];
         for pocket in self.pockets.values() {
-            let index = self.index(pocket.id).map_err(|_| "pocket without account")?;
-            let parent = self.index(pocket.parent).map_err(|_| "pocket without parent")?;
+            let index = self
+                .index(pocket.id)
+                .map_err(|_| "pocket without account")?;
+            let parent = self
+                .index(pocket.parent)
+                .map_err(|_| "pocket without parent")?;
             let account = &self.accounts[index];
             if account.kind != AccountKind::Pocket || account.parent != pocket.parent {
                 return Err(format!("pocket {} does not match its account", pocket.id.0));
@@ -854,9 +973,15 @@ impl Engine {
             verify_account(account, held[index], open_pockets[index])
                 .map_err(|reason| format!("account {}: {reason}", index + 1))?;
         }
-        self.idempotency.verify().map_err(|e| format!("idempotency window: {e}"))?;
-        self.payments.verify().map_err(|e| format!("payments window: {e}"))?;
-        self.finished_holds.verify().map_err(|e| format!("finished holds: {e}"))?;
+        self.idempotency
+            .verify()
+            .map_err(|e| format!("idempotency window: {e}"))?;
+        self.payments
+            .verify()
+            .map_err(|e| format!("payments window: {e}"))?;
+        self.finished_holds
+            .verify()
+            .map_err(|e| format!("finished holds: {e}"))?;
         Ok(())
     }
 }
@@ -893,8 +1018,16 @@ fn require_amount(amount: Amount) -> Checked<()> {
 
 /// Outgoing totals counted in the current Jakarta day and month (zero once a period rolls).
 fn spent_now(account: &Account, now: Now) -> (u64, u64) {
-    let day = if account.spent_date == now.date { account.spent_day.0 } else { 0 };
-    let month = if account.spent_month_index == now.month_index { account.spent_month.0 } else { 0 };
+    let day = if account.spent_date == now.date {
+        account.spent_day.0
+    } else {
+        0
+    };
+    let month = if account.spent_month_index == now.month_index {
+        account.spent_month.0
+    } else {
+        0
+    };
     (day, month)
 }
 

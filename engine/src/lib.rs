@@ -20,7 +20,10 @@ mod snapshot;
 mod state;
 mod window;
 
-pub use amount::{AMOUNT_SCALE, AMOUNT_UNITS_MAX, Amount, AmountError, BALANCE_UNITS_MAX, Currency, units_to_decimal};
+pub use amount::{
+    AMOUNT_SCALE, AMOUNT_UNITS_MAX, Amount, AmountError, BALANCE_UNITS_MAX, Currency,
+    units_to_decimal,
+};
 pub use calendar::{Date, JAKARTA_UTC_OFFSET_SECONDS, jakarta_date, jakarta_midnight, month_index};
 pub use command::*;
 pub use config::{EngineConfig, TIERS_MAX, TierLimits};

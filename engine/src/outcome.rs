@@ -5,8 +5,7 @@ use crate::amount::Amount;
 use crate::ids::{AccountId, HoldId, TxnId};
 
 /// Everything one `apply` produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Outcome {
     pub result: CommandResult,
@@ -15,13 +14,18 @@ pub struct Outcome {
     pub expired_holds: Vec<HoldExpired>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum CommandResult {
-    AccountOpened { account: AccountId },
-    AccountUpdated { account: AccountId },
-    PocketOpened { pocket: AccountId },
+    AccountOpened {
+        account: AccountId,
+    },
+    AccountUpdated {
+        account: AccountId,
+    },
+    PocketOpened {
+        pocket: AccountId,
+    },
     /// Deposit, withdrawal, transfer, pocket move, payment or refund.
     Posted(Posted),
     /// One result per transfer of a `TransferBatch`, in order.
@@ -36,12 +40,14 @@ pub enum CommandResult {
     },
     /// The idempotency key was seen before with the same body: nothing was applied again. The
     /// original outcome is the one journaled at `original_seq`; `original` summarises it.
-    Replayed { original_seq: u64, original: OutcomeSummary },
+    Replayed {
+        original_seq: u64,
+        original: OutcomeSummary,
+    },
     Rejected(RejectCode),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum BatchItem {
     Posted(Posted),
@@ -49,8 +55,7 @@ pub enum BatchItem {
 }
 
 /// A balanced movement: exactly one debit and one credit of the same amount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Posted {
     pub txn: TxnId,
@@ -60,8 +65,7 @@ pub struct Posted {
 
 /// One side of a movement. Balances rise with credits and fall with debits (the bank's view of
 /// a customer's money), so the sum of every account's balance is zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Posting {
     pub account: AccountId,
@@ -70,8 +74,7 @@ pub struct Posting {
     pub balance_after: i128,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct HoldChange {
     pub hold: HoldId,
@@ -81,8 +84,7 @@ pub struct HoldChange {
     pub held_after: i128,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct HoldExpired {
     pub hold: HoldId,
@@ -93,8 +95,7 @@ pub struct HoldExpired {
 
 /// The compact form of an outcome that the idempotency window keeps (about 24 bytes, so the
 /// window can hold millions of keys).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum OutcomeSummary {
     AccountOpened(AccountId),
@@ -118,7 +119,10 @@ impl CommandResult {
             CommandResult::PocketOpened { pocket } => OutcomeSummary::PocketOpened(*pocket),
             CommandResult::Posted(posted) => OutcomeSummary::Posted(posted.txn),
             CommandResult::Batch(items) => {
-                let posted = items.iter().filter(|i| matches!(i, BatchItem::Posted(_))).count();
+                let posted = items
+                    .iter()
+                    .filter(|i| matches!(i, BatchItem::Posted(_)))
+                    .count();
                 // Batches hold at most BATCH_TRANSFERS_MAX items, far below u32::MAX.
                 let posted = u32::try_from(posted).unwrap_or(u32::MAX);
                 let rejected = u32::try_from(items.len()).unwrap_or(u32::MAX) - posted;
@@ -126,9 +130,10 @@ impl CommandResult {
             }
             CommandResult::HoldReserved(change) => OutcomeSummary::HoldReserved(change.hold),
             CommandResult::HoldReleased(change) => OutcomeSummary::HoldReleased(change.hold),
-            CommandResult::HoldCommitted { hold, posted, .. } => {
-                OutcomeSummary::HoldCommitted { hold: hold.hold, txn: posted.txn }
-            }
+            CommandResult::HoldCommitted { hold, posted, .. } => OutcomeSummary::HoldCommitted {
+                hold: hold.hold,
+                txn: posted.txn,
+            },
             CommandResult::Replayed { .. } => return None,
             CommandResult::Rejected(RejectCode::IdempotencyConflict) => return None,
             CommandResult::Rejected(code) => OutcomeSummary::Rejected(*code),
@@ -138,8 +143,19 @@ impl CommandResult {
 
 /// Why a command (or one batch item) was not applied. `code()` is the stable string that
 /// clients see; never rename one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub enum RejectCode {
     /// Zero, or above DECIMAL(19,4).
@@ -270,12 +286,19 @@ mod tests {
     #[test]
     fn codes_are_unique_and_screaming_snake_case() {
         let mut codes: Vec<&str> = RejectCode::ALL.iter().map(|c| c.code()).collect();
-        assert!(codes.iter().all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_')));
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'))
+        );
         codes.sort_unstable();
         codes.dedup();
         // Only the two limit periods share a code.
         assert_eq!(codes.len(), RejectCode::ALL.len() - 1);
         assert_eq!(RejectCode::DailyLimitExceeded.code(), "LIMIT_EXCEEDED");
-        assert_eq!(RejectCode::MonthlyLimitExceeded.limit_period(), Some("monthly"));
+        assert_eq!(
+            RejectCode::MonthlyLimitExceeded.limit_period(),
+            Some("monthly")
+        );
     }
 }

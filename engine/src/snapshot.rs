@@ -42,7 +42,10 @@ struct EngineSnapshot {
 pub enum SnapshotError {
     /// The bytes are not a well-formed snapshot.
     Decode(String),
-    Version { found: u32, expected: u32 },
+    Version {
+        found: u32,
+        expected: u32,
+    },
     /// Well-formed, but the state breaks an engine invariant.
     Invalid(String),
 }
@@ -52,7 +55,10 @@ impl std::fmt::Display for SnapshotError {
         match self {
             SnapshotError::Decode(reason) => write!(f, "snapshot does not decode: {reason}"),
             SnapshotError::Version { found, expected } => {
-                write!(f, "snapshot format version {found}, this build reads {expected}")
+                write!(
+                    f,
+                    "snapshot format version {found}, this build reads {expected}"
+                )
             }
             SnapshotError::Invalid(reason) => write!(f, "snapshot breaks an invariant: {reason}"),
         }
@@ -113,8 +119,10 @@ impl Engine {
             engine.hold_deadlines.insert((hold.expires_at, hold.id));
             engine.holds.insert(hold.id, hold);
         }
-        engine.finished_holds =
-            Window::from_items(snapshot.finished_holds, snapshot.finished_holds_evicted_early);
+        engine.finished_holds = Window::from_items(
+            snapshot.finished_holds,
+            snapshot.finished_holds_evicted_early,
+        );
         engine.payments = Window::from_items(snapshot.payments, snapshot.payments_evicted_early);
         engine.idempotency =
             Window::from_items(snapshot.idempotency, snapshot.idempotency_evicted_early);

@@ -9,8 +9,7 @@ use crate::outcome::OutcomeSummary;
 use crate::window::WindowItem;
 
 /// One ledger account. Balances are in units of 10^-4 and rise with credits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Account {
     pub balance: i128,
@@ -42,8 +41,7 @@ impl Account {
 }
 
 /// The savings rules of a pocket; its money lives in its own `Account` of kind `Pocket`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Pocket {
     pub id: AccountId,
@@ -54,8 +52,7 @@ pub struct Pocket {
     pub locked: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Hold {
     pub id: HoldId,
@@ -70,8 +67,7 @@ pub struct Hold {
     pub limit_month_index: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum HoldEnd {
     Committed,
@@ -79,8 +75,7 @@ pub enum HoldEnd {
     Expired,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct FinishedHold {
     pub id: HoldId,
@@ -88,8 +83,7 @@ pub struct FinishedHold {
     pub at: Timestamp,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct PaymentRecord {
     pub txn: TxnId,
@@ -101,8 +95,7 @@ pub struct PaymentRecord {
     pub at: Timestamp,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct IdempotencyEntry {
     pub key: IdempotencyKey,

@@ -61,7 +61,12 @@ impl<T: WindowItem> Window<T> {
         self.items.get(self.offset(position))
     }
 
-    pub(crate) fn get_mut(&mut self, key: T::Key, now: Timestamp, window_ns: u64) -> Option<&mut T> {
+    pub(crate) fn get_mut(
+        &mut self,
+        key: T::Key,
+        now: Timestamp,
+        window_ns: u64,
+    ) -> Option<&mut T> {
         let position = self.live_position(key, now, window_ns)?;
         let offset = self.offset(position);
         self.items.get_mut(offset)
@@ -75,7 +80,10 @@ impl<T: WindowItem> Window<T> {
 
     fn offset(&self, position: u64) -> usize {
         let offset = position - self.first_position;
-        assert!(offset < self.items.len() as u64, "window index points outside its items");
+        assert!(
+            offset < self.items.len() as u64,
+            "window index points outside its items"
+        );
         offset as usize
     }
 
@@ -84,7 +92,10 @@ impl<T: WindowItem> Window<T> {
     pub(crate) fn push(&mut self, item: T, capacity: u64) {
         assert!(capacity > 0);
         if let Some(last) = self.items.back() {
-            assert!(last.at() <= item.at(), "window items must arrive in time order");
+            assert!(
+                last.at() <= item.at(),
+                "window items must arrive in time order"
+            );
         }
         while self.items.len() as u64 >= capacity {
             self.pop_front();
@@ -110,7 +121,9 @@ impl<T: WindowItem> Window<T> {
     }
 
     fn pop_front(&mut self) {
-        let Some(item) = self.items.pop_front() else { return };
+        let Some(item) = self.items.pop_front() else {
+            return;
+        };
         let key = item.key();
         // A newer item may have superseded this key; only drop the index if it is ours.
         if self.index.get(&key) == Some(&self.first_position) {
@@ -122,13 +135,22 @@ impl<T: WindowItem> Window<T> {
     /// Checks that the index and the items agree; for `Engine::verify`.
     pub(crate) fn verify(&self) -> Result<(), String> {
         for (key, &position) in &self.index {
-            let offset = position.checked_sub(self.first_position).ok_or("stale index entry")?;
-            let item = self.items.get(offset as usize).ok_or("index past the end")?;
+            let offset = position
+                .checked_sub(self.first_position)
+                .ok_or("stale index entry")?;
+            let item = self
+                .items
+                .get(offset as usize)
+                .ok_or("index past the end")?;
             if item.key() != *key {
                 return Err("index names the wrong item".into());
             }
         }
-        let ordered = self.items.iter().zip(self.items.iter().skip(1)).all(|(a, b)| a.at() <= b.at());
+        let ordered = self
+            .items
+            .iter()
+            .zip(self.items.iter().skip(1))
+            .all(|(a, b)| a.at() <= b.at());
         if !ordered {
             return Err("items out of time order".into());
         }
@@ -161,7 +183,9 @@ impl Hasher for FoldHasher {
     }
 
     fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0 ^ value).rotate_left(23).wrapping_mul(FOLD_MULTIPLIER);
+        self.0 = (self.0 ^ value)
+            .rotate_left(23)
+            .wrapping_mul(FOLD_MULTIPLIER);
     }
 
     fn write_u128(&mut self, value: u128) {
@@ -196,7 +220,10 @@ mod tests {
         // Capacity 3: keys 0 and 1 were evicted early.
         assert_eq!(window.evicted_early, 2);
         assert!(window.get(1, Timestamp(40), 100).is_none());
-        assert_eq!(window.get(2, Timestamp(40), 100), Some(&Item(2, Timestamp(20))));
+        assert_eq!(
+            window.get(2, Timestamp(40), 100),
+            Some(&Item(2, Timestamp(20)))
+        );
         // Window 25 ns at t=46: key 2 (t=20) is out even before it is removed, key 3 is in.
         assert!(window.get(2, Timestamp(46), 25).is_none());
         assert!(window.get(3, Timestamp(46), 25).is_some());
@@ -212,7 +239,10 @@ mod tests {
         assert!(window.get(7, Timestamp(100), 50).is_none());
         window.push(Item(7, Timestamp(100)), 10);
         window.expire(Timestamp(100), 50);
-        assert_eq!(window.get(7, Timestamp(100), 50), Some(&Item(7, Timestamp(100))));
+        assert_eq!(
+            window.get(7, Timestamp(100), 50),
+            Some(&Item(7, Timestamp(100)))
+        );
         window.verify().expect("consistent");
     }
 }
