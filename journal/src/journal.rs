@@ -1,0 +1,661 @@
+//! The journal: a gap-free, hash-chained, append-only log of records across segments, with
+//! group commit (`append` many, `flush` once) and crash recovery on `open`.
+//!
+//! Recovery tells a torn tail from corruption with the records' durable watermarks. A flush
+//! covers everything written before it, so loss after a crash can only hit records written
+//! after the last successful flush, and no later record can vouch for them. If a damaged or
+//! missing record at seq n is followed anywhere by a valid record whose watermark is >= n,
+//! then n had been durable: that is corruption, a hard error naming file and offset. Otherwise
+//! the damage is a torn tail: it is zeroed and recovery ends before it.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::reader::Reader;
+use crate::record::{
+    HEADER_LEN, PAYLOAD_BYTES_MAX, RECORD_ALIGN, RecordHeader, RecordKind, record_hash, record_len,
+    restamp_watermark,
+};
+use crate::segment::{Cursor, Found, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::storage::{Storage, StorageReader};
+
+/// Readers (replicator, Kafka publisher, tools) that may tail one journal at once.
+pub const READERS_MAX: usize = 16;
+/// The default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 128 << 20;
+/// The smallest segment that holds a header and one 4 KiB record (tests use small ones).
+pub const SEGMENT_BYTES_MIN: u64 = 8 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalConfig {
+    pub segment_bytes: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> JournalConfig {
+        JournalConfig {
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum JournalError {
+    Io {
+        context: String,
+        source: io::Error,
+    },
+    /// Damage before durable data: the operator must look (`payu journal verify`).
+    Corrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
+    /// A flush failed earlier; nothing more is accepted or reported durable. Reopen to recover.
+    Poisoned,
+    PayloadTooLarge {
+        len: usize,
+        max: usize,
+    },
+    /// A record offered by replication that does not continue this journal.
+    Rejected(String),
+    /// A reader asked for a seq that retention already removed, or that never existed.
+    Unavailable {
+        seq: u64,
+        first: u64,
+        next: u64,
+    },
+    ReadersFull,
+    InvalidConfig(String),
+}
+
+impl std::fmt::Display for JournalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JournalError::Io { context, source } => write!(f, "{context}: {source}"),
+            JournalError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => {
+                write!(f, "journal corrupt in {file} at offset {offset}: {reason}")
+            }
+            JournalError::Poisoned => {
+                f.write_str("journal stopped after a failed flush; reopen it")
+            }
+            JournalError::PayloadTooLarge { len, max } => {
+                write!(f, "payload of {len} bytes exceeds the maximum of {max}")
+            }
+            JournalError::Rejected(reason) => write!(f, "replicated record rejected: {reason}"),
+            JournalError::Unavailable { seq, first, next } => {
+                write!(
+                    f,
+                    "seq {seq} is not in the journal (it holds {first}..{next})"
+                )
+            }
+            JournalError::ReadersFull => write!(f, "all {READERS_MAX} reader slots are in use"),
+            JournalError::InvalidConfig(reason) => write!(f, "invalid journal config: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for JournalError {}
+
+pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> JournalError {
+    let context = context.into();
+    move |source| JournalError::Io { context, source }
+}
+
+/// What `open` found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// The oldest seq still stored (1 unless retention removed segments).
+    pub first_seq: u64,
+    /// The last valid record's seq (0 for an empty journal).
+    pub last_seq: u64,
+    /// Bytes of torn tail zeroed.
+    pub truncated_bytes: u64,
+    /// Segments after the torn tail that were removed.
+    pub removed_segments: Vec<u64>,
+}
+
+/// State the writer publishes to readers on other threads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) durable_seq: AtomicU64,
+    pub(crate) first_seq: AtomicU64,
+    /// Each reader's next seq; 0 marks a free slot.
+    pub(crate) readers: [AtomicU64; READERS_MAX],
+    flushed: Mutex<u64>,
+    flushed_signal: Condvar,
+}
+
+impl Shared {
+    fn publish(&self, durable_seq: u64) {
+        self.durable_seq.store(durable_seq, Ordering::Release);
+        let mut flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
+        *flushed = durable_seq;
+        self.flushed_signal.notify_all();
+    }
+
+    /// Waits until a record after `seq` is durable, or `timeout` passes.
+    pub(crate) fn wait_beyond(&self, seq: u64, timeout: Duration) -> bool {
+        let flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
+        let (flushed, _) = self
+            .flushed_signal
+            .wait_timeout_while(flushed, timeout, |durable| *durable <= seq)
+            .unwrap_or_else(|p| p.into_inner());
+        *flushed > seq
+    }
+}
+
+#[derive(Debug)]
+pub struct Journal<S: Storage> {
+    storage: S,
+    config: JournalConfig,
+    /// Segment ids ascending; the last one is being appended to.
+    segments: Vec<u64>,
+    write_offset: u64,
+    /// Segments written since the last flush.
+    dirty: BTreeSet<u64>,
+    next_seq: u64,
+    last_hash: u128,
+    last_epoch: u64,
+    durable_seq: u64,
+    poisoned: bool,
+    shared: Arc<Shared>,
+    scratch: Vec<u8>,
+}
+
+impl<S: Storage> Journal<S> {
+    /// Opens a journal, creating it if the storage is empty, and recovers it: the torn tail
+    /// (if any) is zeroed, every remaining record is checked (CRC, seq, hash chain).
+    pub fn open(storage: S, config: JournalConfig) -> Result<(Journal<S>, Recovery), JournalError> {
+        if config.segment_bytes < SEGMENT_BYTES_MIN {
+            return Err(JournalError::InvalidConfig(format!(
+                "segment_bytes must be at least {SEGMENT_BYTES_MIN}"
+            )));
+        }
+        let mut journal = Journal {
+            storage,
+            config,
+            segments: Vec::new(),
+            write_offset: SEGMENT_HEADER_LEN,
+            dirty: BTreeSet::new(),
+            next_seq: 1,
+            last_hash: 0,
+            last_epoch: 0,
+            durable_seq: 0,
+            poisoned: false,
+            shared: Arc::new(Shared {
+                durable_seq: AtomicU64::new(0),
+                first_seq: AtomicU64::new(1),
+                readers: std::array::from_fn(|_| AtomicU64::new(0)),
+                flushed: Mutex::new(0),
+                flushed_signal: Condvar::new(),
+            }),
+            scratch: Vec::new(),
+        };
+        let recovery = journal.recover()?;
+        Ok((journal, recovery))
+    }
+
+    fn recover(&mut self) -> Result<Recovery, JournalError> {
+        self.segments = self
+            .storage
+            .segments()
+            .map_err(io_error("listing segments"))?;
+        let mut recovery = Recovery {
+            first_seq: 1,
+            last_seq: 0,
+            truncated_bytes: 0,
+            removed_segments: Vec::new(),
+        };
+        if self.segments.is_empty() {
+            self.start_segment(1)?;
+            self.flush()?;
+            return Ok(recovery);
+        }
+        recovery.first_seq = self.segments[0];
+        self.next_seq = self.segments[0];
+        let reader = self.storage.reader();
+        let mut index = 0;
+        while index < self.segments.len() {
+            match self.scan_segment(&reader, index)? {
+                Scan::Complete => index += 1,
+                Scan::Damaged { offset, reason } => {
+                    self.repair_tail(&reader, index, offset, &reason, &mut recovery)?;
+                    break;
+                }
+            }
+        }
+        recovery.last_seq = self.next_seq - 1;
+        self.durable_seq = self.next_seq - 1;
+        self.shared
+            .first_seq
+            .store(recovery.first_seq, Ordering::Release);
+        self.shared.publish(self.durable_seq);
+        Ok(recovery)
+    }
+
+    /// Validates one segment's header and records, advancing the chain state. On return the
+    /// write position is at the end of this segment's data.
+    fn scan_segment(&mut self, reader: &S::Reader, index: usize) -> Result<Scan, JournalError> {
+        let id = self.segments[index];
+        let describe = || reader.describe(id);
+        let segment = reader
+            .open(id)
+            .map_err(io_error(format!("opening {}", describe())))?;
+        let mut cursor =
+            Cursor::new(segment).map_err(io_error(format!("reading {}", describe())))?;
+        let header_bytes = cursor
+            .header()
+            .map_err(io_error(format!("reading {}", describe())))?;
+        match SegmentHeader::decode(&header_bytes) {
+            Ok(h)
+                if h.first_seq == id
+                    && h.first_seq == self.next_seq
+                    && h.length == cursor.length() =>
+            {
+                if index > 0 && h.prev_hash != self.last_hash {
+                    return Ok(Scan::Damaged {
+                        offset: 0,
+                        reason: "segment header breaks the hash chain".into(),
+                    });
+                }
+                self.last_hash = h.prev_hash;
+            }
+            Ok(h) => {
+                let reason = format!(
+                    "segment header says first seq {} and {} bytes; expected seq {} and {} bytes",
+                    h.first_seq,
+                    h.length,
+                    self.next_seq,
+                    cursor.length()
+                );
+                return Ok(Scan::Damaged { offset: 0, reason });
+            }
+            Err(reason) => return Ok(Scan::Damaged { offset: 0, reason }),
+        }
+        let mut offset = SEGMENT_HEADER_LEN;
+        loop {
+            let found = cursor
+                .record_at(offset)
+                .map_err(io_error(format!("reading {}", describe())))?;
+            match found {
+                Found::End => break,
+                Found::Invalid(error) => {
+                    return Ok(Scan::Damaged {
+                        offset,
+                        reason: error.to_string(),
+                    });
+                }
+                Found::Record { header, bytes } => {
+                    if let Err(reason) = self.check_continues(&header) {
+                        return Ok(Scan::Damaged { offset, reason });
+                    }
+                    let header_bytes: &[u8; HEADER_LEN] =
+                        bytes[..HEADER_LEN].try_into().expect("len");
+                    self.last_hash = record_hash(header_bytes, &bytes[HEADER_LEN..]);
+                    self.last_epoch = header.epoch;
+                    self.next_seq += 1;
+                    offset += record_len(header.length as usize) as u64;
+                }
+            }
+        }
+        self.write_offset = offset;
+        // A segment ends early only where the next record did not fit; a missing next
+        // segment is the end of the journal, a next segment must start right here.
+        if let Some(&next) = self.segments.get(index + 1) {
+            if next != self.next_seq {
+                let reason = format!(
+                    "next segment starts at seq {next}, expected {}",
+                    self.next_seq
+                );
+                return Ok(Scan::Damaged { offset, reason });
+            }
+        }
+        Ok(Scan::Complete)
+    }
+
+    fn check_continues(&self, header: &RecordHeader) -> Result<(), String> {
+        if header.seq != self.next_seq {
+            return Err(format!(
+                "record seq {} where {} was expected",
+                header.seq, self.next_seq
+            ));
+        }
+        if header.prev_hash != self.last_hash {
+            return Err(format!("record {} breaks the hash chain", header.seq));
+        }
+        if header.epoch < self.last_epoch {
+            return Err(format!(
+                "record {} has epoch {} after {}",
+                header.seq, header.epoch, self.last_epoch
+            ));
+        }
+        Ok(())
+    }
+
+    /// Damage at (`index`, `offset`): a hard error if a later valid record shows the damaged
+    /// seq was durable, otherwise the torn tail is zeroed and later segments removed.
+    fn repair_tail(
+        &mut self,
+        reader: &S::Reader,
+        index: usize,
+        offset: u64,
+        reason: &str,
+        recovery: &mut Recovery,
+    ) -> Result<(), JournalError> {
+        let id = self.segments[index];
+        let evidence =
+            find_durable_evidence(reader, &self.segments[index..], offset, self.next_seq)?;
+        if let Some(evidence) = evidence {
+            return Err(JournalError::Corrupt {
+                file: reader.describe(id),
+                offset,
+                reason: format!(
+                    "{reason}; yet {evidence}, so seq {} had been durable",
+                    self.next_seq
+                ),
+            });
+        }
+        for &later in &self.segments[index + 1..] {
+            self.storage
+                .remove(later)
+                .map_err(io_error(format!("removing segment {later}")))?;
+            recovery.removed_segments.push(later);
+        }
+        self.segments.truncate(index + 1);
+        if offset == 0 {
+            // The segment's own header is damaged and nothing in it was durable: start it over.
+            self.storage
+                .remove(id)
+                .map_err(io_error(format!("removing segment {id}")))?;
+            recovery.removed_segments.push(id);
+            self.segments.pop();
+            recovery.truncated_bytes += self.config.segment_bytes;
+            self.start_segment(self.next_seq)?;
+        } else {
+            let length = self
+                .storage
+                .segment_len(id)
+                .map_err(io_error(format!("sizing segment {id}")))?;
+            let zeros = vec![0u8; (length - offset) as usize];
+            self.storage
+                .write(id, offset, &zeros)
+                .map_err(io_error(format!("zeroing segment {id}")))?;
+            self.dirty.insert(id);
+            recovery.truncated_bytes += zeros.len() as u64;
+            self.write_offset = offset;
+        }
+        self.flush()?;
+        if recovery.first_seq > self.next_seq {
+            recovery.first_seq = self.next_seq;
+        }
+        Ok(())
+    }
+
+    fn start_segment(&mut self, first_seq: u64) -> Result<(), JournalError> {
+        let length = self.config.segment_bytes;
+        self.storage
+            .create(first_seq, length)
+            .map_err(io_error(format!("creating segment {first_seq}")))?;
+        let header = SegmentHeader {
+            first_seq,
+            length,
+            prev_hash: self.last_hash,
+        }
+        .encode();
+        self.storage
+            .write(first_seq, 0, &header)
+            .map_err(io_error(format!("writing segment {first_seq}")))?;
+        self.segments.push(first_seq);
+        self.dirty.insert(first_seq);
+        self.write_offset = SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+
+    /// The largest payload this journal accepts.
+    pub fn payload_max(&self) -> usize {
+        let room = self.config.segment_bytes - SEGMENT_HEADER_LEN - HEADER_LEN as u64;
+        (room as usize).min(PAYLOAD_BYTES_MAX)
+    }
+
+    /// Appends one record; durable only after the next successful `flush`.
+    pub fn append(
+        &mut self,
+        epoch: u64,
+        timestamp: u64,
+        payload: &[u8],
+    ) -> Result<u64, JournalError> {
+        self.check_writable()?;
+        if payload.len() > self.payload_max() {
+            return Err(JournalError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.payload_max(),
+            });
+        }
+        if epoch < self.last_epoch {
+            return Err(JournalError::Rejected(format!(
+                "epoch {epoch} is below {}",
+                self.last_epoch
+            )));
+        }
+        let header = RecordHeader {
+            kind: RecordKind::Command,
+            length: payload.len() as u32,
+            crc32c: 0,
+            seq: self.next_seq,
+            epoch,
+            timestamp,
+            prev_hash: self.last_hash,
+            durable_watermark: self.durable_seq,
+        };
+        let header_bytes = header.encode(payload);
+        self.write_record(&header_bytes, payload, epoch)
+    }
+
+    /// Appends a record received from the primary, byte for byte but for the node-local
+    /// watermark. It must continue this journal: next seq, same chain, no lower epoch.
+    pub fn append_replicated(&mut self, record: &[u8]) -> Result<u64, JournalError> {
+        self.check_writable()?;
+        let reject = |reason: String| JournalError::Rejected(reason);
+        let header_bytes: [u8; HEADER_LEN] = record
+            .get(..HEADER_LEN)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| reject("shorter than a header".into()))?;
+        let header = RecordHeader::decode(&header_bytes).map_err(|e| reject(e.to_string()))?;
+        let payload = &record[HEADER_LEN..];
+        header
+            .verify(&header_bytes, payload)
+            .map_err(|e| reject(e.to_string()))?;
+        self.check_continues(&header).map_err(reject)?;
+        if payload.len() > self.payload_max() {
+            return Err(JournalError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.payload_max(),
+            });
+        }
+        let mut header_bytes = header_bytes;
+        restamp_watermark(&mut header_bytes, payload, self.durable_seq);
+        self.write_record(&header_bytes, payload, header.epoch)
+    }
+
+    fn check_writable(&self) -> Result<(), JournalError> {
+        match self.poisoned {
+            true => Err(JournalError::Poisoned),
+            false => Ok(()),
+        }
+    }
+
+    fn write_record(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+        epoch: u64,
+    ) -> Result<u64, JournalError> {
+        let length = record_len(payload.len());
+        if self.write_offset + length as u64 > self.config.segment_bytes {
+            self.start_segment(self.next_seq)?;
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(header);
+        self.scratch.extend_from_slice(payload);
+        self.scratch.resize(length, 0);
+        let segment = *self
+            .segments
+            .last()
+            .expect("a journal always has a segment");
+        let written = self
+            .storage
+            .write(segment, self.write_offset, &self.scratch);
+        if let Err(source) = written {
+            self.poisoned = true;
+            return Err(JournalError::Io {
+                context: format!("appending to segment {segment}"),
+                source,
+            });
+        }
+        self.dirty.insert(segment);
+        self.write_offset += length as u64;
+        self.last_hash = record_hash(header, payload);
+        self.last_epoch = epoch;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Group commit: one flush per written segment makes every appended record durable.
+    /// Returns the durable seq. A failure poisons the journal: nothing after the last
+    /// successful flush is ever reported durable.
+    pub fn flush(&mut self) -> Result<u64, JournalError> {
+        self.check_writable()?;
+        for &segment in &self.dirty {
+            if let Err(source) = self.storage.flush(segment) {
+                self.poisoned = true;
+                return Err(JournalError::Io {
+                    context: format!("flushing segment {segment}"),
+                    source,
+                });
+            }
+        }
+        self.dirty.clear();
+        self.durable_seq = self.next_seq - 1;
+        self.shared.publish(self.durable_seq);
+        Ok(self.durable_seq)
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// The seq the next append gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The oldest seq still stored.
+    pub fn first_seq(&self) -> u64 {
+        self.shared.first_seq.load(Ordering::Acquire)
+    }
+
+    /// The chain hash of the last record (0 for an empty journal).
+    pub fn last_hash(&self) -> u128 {
+        self.last_hash
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// A reader that yields durable records from `from_seq` on, on any thread.
+    pub fn reader(&self, from_seq: u64) -> Result<Reader<S::Reader>, JournalError> {
+        let first = self.first_seq();
+        if from_seq < first || from_seq > self.next_seq {
+            return Err(JournalError::Unavailable {
+                seq: from_seq,
+                first,
+                next: self.next_seq,
+            });
+        }
+        Reader::register(self.storage.reader(), Arc::clone(&self.shared), from_seq)
+    }
+
+    /// Retention: removes (through the storage, which deletes or archives) every segment whose
+    /// records all have seq <= `covered_seq` (covered by a snapshot) and that no reader still
+    /// needs. The segment being written is never removed. Returns the removed segment ids.
+    pub fn remove_covered(&mut self, covered_seq: u64) -> Result<Vec<u64>, JournalError> {
+        let readers_need = self
+            .shared
+            .readers
+            .iter()
+            .map(|r| r.load(Ordering::Acquire))
+            .filter(|&s| s > 0)
+            .min();
+        let keep_from = readers_need.map_or(covered_seq + 1, |need| need.min(covered_seq + 1));
+        let mut removed = Vec::new();
+        while self.segments.len() > 1 && self.segments[1] <= keep_from {
+            let segment = self.segments[0];
+            self.storage
+                .remove(segment)
+                .map_err(io_error(format!("removing segment {segment}")))?;
+            self.segments.remove(0);
+            removed.push(segment);
+        }
+        self.shared
+            .first_seq
+            .store(self.segments[0], Ordering::Release);
+        Ok(removed)
+    }
+}
+
+enum Scan {
+    Complete,
+    Damaged { offset: u64, reason: String },
+}
+
+/// Looks for a valid record at or after (`segments[0]`, `offset`) whose watermark shows that
+/// `seq` had been durable. Scans every 16-byte position: lengths after damage are untrustworthy.
+fn find_durable_evidence<R: StorageReader>(
+    reader: &R,
+    segments: &[u64],
+    offset: u64,
+    seq: u64,
+) -> Result<Option<String>, JournalError> {
+    for (position, &id) in segments.iter().enumerate() {
+        let segment = reader
+            .open(id)
+            .map_err(io_error(format!("opening {}", reader.describe(id))))?;
+        let mut cursor =
+            Cursor::new(segment).map_err(io_error(format!("reading {}", reader.describe(id))))?;
+        let mut at = if position == 0 {
+            offset + RECORD_ALIGN as u64
+        } else {
+            SEGMENT_HEADER_LEN
+        };
+        at = at.max(SEGMENT_HEADER_LEN);
+        while at + HEADER_LEN as u64 <= cursor.length() {
+            let magic = cursor
+                .bytes(at, 4)
+                .map_err(io_error("scanning for evidence"))?;
+            if magic == crate::record::RECORD_MAGIC.to_le_bytes() {
+                if let Ok(Found::Record { header, .. }) = cursor.record_at(at) {
+                    if header.durable_watermark >= seq {
+                        return Ok(Some(format!(
+                            "record {} in {} at offset {at} has durable watermark {}",
+                            header.seq,
+                            reader.describe(id),
+                            header.durable_watermark
+                        )));
+                    }
+                }
+            }
+            at += RECORD_ALIGN as u64;
+        }
+    }
+    Ok(None)
+}

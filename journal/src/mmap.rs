@@ -1,0 +1,269 @@
+//! Real storage: one preallocated, zero-filled file per segment, memory-mapped for appends,
+//! made durable with fdatasync (io_uring or syscall). A background thread keeps one spare
+//! zero-filled segment ready so rolling to a new segment costs a rename, not a 100 ms fill.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread;
+
+use memmap2::MmapMut;
+
+use crate::flush::{FlushMode, Flusher};
+use crate::storage::{SegmentRead, Storage, StorageReader};
+
+const SEGMENT_SUFFIX: &str = ".journal";
+const SPARE_NAME: &str = "spare.journal.tmp";
+/// Segments kept mapped at once; older ones are unmapped after a flush.
+const MAPPED_SEGMENTS_MAX: usize = 4;
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+#[derive(Debug)]
+struct Mapped {
+    file: File,
+    map: MmapMut,
+}
+
+#[derive(Debug)]
+pub struct MmapStorage {
+    dir: PathBuf,
+    mapped: BTreeMap<u64, Mapped>,
+    flusher: Flusher,
+    spare: Option<SpareMaker>,
+}
+
+impl MmapStorage {
+    /// Opens (creating if needed) a journal directory.
+    pub fn open(dir: &Path, mode: FlushMode) -> io::Result<MmapStorage> {
+        fs::create_dir_all(dir)?;
+        let probe = File::open(dir)?;
+        let flusher = Flusher::choose(mode, &probe)?;
+        let _ = fs::remove_file(dir.join(SPARE_NAME)); // a spare from an earlier run is untrusted
+        Ok(MmapStorage {
+            dir: dir.to_path_buf(),
+            mapped: BTreeMap::new(),
+            flusher,
+            spare: None,
+        })
+    }
+
+    /// "io_uring" or "syscall": which flush backend start-up chose.
+    pub fn flush_backend(&self) -> &'static str {
+        self.flusher.name()
+    }
+
+    fn path(&self, segment: u64) -> PathBuf {
+        segment_path(&self.dir, segment)
+    }
+
+    fn mapped(&mut self, segment: u64) -> io::Result<&mut Mapped> {
+        if !self.mapped.contains_key(&segment) {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.path(segment))?;
+            // SAFETY: the journal directory belongs to this process (one writer per journal);
+            // nothing else truncates or resizes the file while it is mapped.
+            #[allow(unsafe_code)]
+            let map = unsafe { MmapMut::map_mut(&file)? };
+            self.mapped.insert(segment, Mapped { file, map });
+        }
+        Ok(self.mapped.get_mut(&segment).expect("inserted above"))
+    }
+
+    fn unmap_old(&mut self) {
+        while self.mapped.len() > MAPPED_SEGMENTS_MAX {
+            self.mapped.pop_first();
+        }
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Takes the spare segment if one of the right size is ready.
+    fn take_spare(&mut self, len: u64) -> Option<PathBuf> {
+        let spare = self.spare.as_mut()?;
+        match spare.ready.try_recv() {
+            Ok(Ok(path)) if spare.len == len => Some(path),
+            Ok(_) | Err(TryRecvError::Disconnected) => {
+                self.spare = None;
+                None
+            }
+            Err(TryRecvError::Empty) => None,
+        }
+    }
+}
+
+impl Storage for MmapStorage {
+    type Reader = FileReader;
+
+    fn reader(&self) -> FileReader {
+        FileReader {
+            dir: self.dir.clone(),
+        }
+    }
+
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        list_segments(&self.dir)
+    }
+
+    fn create(&mut self, segment: u64, len: u64) -> io::Result<()> {
+        let path = self.path(segment);
+        match self.take_spare(len) {
+            Some(spare) => fs::rename(spare, &path)?,
+            None => {
+                let temp = self.dir.join(format!("{segment:020}.creating.tmp"));
+                zero_filled_file(&temp, len)?;
+                fs::rename(&temp, &path)?;
+            }
+        }
+        self.sync_dir()?;
+        if self.spare.as_ref().is_none_or(|s| s.len != len) {
+            self.spare = Some(SpareMaker::start(self.dir.join(SPARE_NAME), len));
+        } else if let Some(spare) = &self.spare {
+            spare.request();
+        }
+        Ok(())
+    }
+
+    fn segment_len(&self, segment: u64) -> io::Result<u64> {
+        Ok(fs::metadata(self.path(segment))?.len())
+    }
+
+    fn write(&mut self, segment: u64, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mapped = self.mapped(segment)?;
+        let start = usize::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+        let end = start
+            .checked_add(bytes.len())
+            .filter(|&end| end <= mapped.map.len());
+        let end = end.ok_or_else(|| io::Error::other("write past the end of the segment"))?;
+        mapped.map[start..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self, segment: u64) -> io::Result<()> {
+        self.mapped(segment)?;
+        let mapped = &self.mapped[&segment];
+        // fdatasync writes back the file's dirty pages, those dirtied through the map included.
+        self.flusher.sync_data(&mapped.file)?;
+        self.unmap_old();
+        Ok(())
+    }
+
+    fn remove(&mut self, segment: u64) -> io::Result<()> {
+        self.mapped.remove(&segment);
+        fs::remove_file(self.path(segment))?;
+        self.sync_dir()
+    }
+}
+
+/// Reads segments with `pread` on its own file handles: never blocks or slows the writer.
+#[derive(Clone, Debug)]
+pub struct FileReader {
+    dir: PathBuf,
+}
+
+impl StorageReader for FileReader {
+    type Segment = File;
+
+    fn segments(&self) -> io::Result<Vec<u64>> {
+        list_segments(&self.dir)
+    }
+
+    fn open(&self, segment: u64) -> io::Result<File> {
+        File::open(segment_path(&self.dir, segment))
+    }
+
+    fn describe(&self, segment: u64) -> String {
+        segment_path(&self.dir, segment).display().to_string()
+    }
+}
+
+impl SegmentRead for File {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+}
+
+pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}{SEGMENT_SUFFIX}"))
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
+            continue;
+        };
+        if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+            segments.push(stem.parse().map_err(io::Error::other)?);
+        }
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Writes `len` zero bytes for real (not a sparse file: first writes into holes or unwritten
+/// extents would make every later fdatasync also commit allocation metadata) and syncs.
+fn zero_filled_file(path: &Path, len: u64) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.write_all(&zeros[..chunk])?;
+        left -= chunk as u64;
+    }
+    file.sync_all()
+}
+
+/// A background thread that keeps one zero-filled spare segment ready.
+#[derive(Debug)]
+struct SpareMaker {
+    len: u64,
+    want: SyncSender<()>,
+    ready: Receiver<io::Result<PathBuf>>,
+}
+
+impl SpareMaker {
+    fn start(path: PathBuf, len: u64) -> SpareMaker {
+        // Capacity 1 each way: at most one spare is being made or waiting.
+        let (want, wanted) = mpsc::sync_channel::<()>(1);
+        let (done, ready) = mpsc::sync_channel(1);
+        let spawned = thread::Builder::new()
+            .name("journal-spare".into())
+            .spawn(move || {
+                while wanted.recv().is_ok() {
+                    if done
+                        .send(zero_filled_file(&path, len).map(|()| path.clone()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        let maker = SpareMaker { len, want, ready };
+        if spawned.is_ok() {
+            maker.request();
+        }
+        maker
+    }
+
+    fn request(&self) {
+        // Full means a request is already pending: nothing to add.
+        let _ = self.want.try_send(());
+    }
+}

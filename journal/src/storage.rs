@@ -1,0 +1,60 @@
+//! The storage contract the journal is written against. Two implementations pass one
+//! conformance suite: [`crate::MmapStorage`] (real files, mmap, fdatasync or io_uring) and
+//! [`crate::SimStorage`] (in memory, with injected torn writes, lost unflushed data, bit flips
+//! and failed flushes).
+//!
+//! A journal is a list of segments, each named by the seq of its first record. The contract:
+//! - `create` returns only when the new segment (zero-filled, `len` bytes) and its name are
+//!   durable;
+//! - `write` copies bytes; they may be lost, wholly or in part (torn), until `flush` on that
+//!   segment returns `Ok`;
+//! - after `flush` returns `Ok`, every earlier write to that segment survives any crash;
+//! - a `flush` that returns `Err` may have lost any unflushed write, even ones that still read
+//!   back (Linux drops dirty pages on writeback errors): the caller must never report them durable;
+//! - `remove` deletes a segment durably (used only for segments no one needs);
+//! - readers see every write made before the writer published it (they run on other threads).
+
+use std::io;
+
+pub trait Storage: Send + 'static {
+    type Reader: StorageReader;
+
+    /// A handle for reading from other threads.
+    fn reader(&self) -> Self::Reader;
+
+    /// Segment ids (each the seq of its first record), ascending.
+    fn segments(&self) -> io::Result<Vec<u64>>;
+
+    /// Creates a zero-filled segment of `len` bytes, durably.
+    fn create(&mut self, segment: u64, len: u64) -> io::Result<()>;
+
+    fn segment_len(&self, segment: u64) -> io::Result<u64>;
+
+    /// Copies `bytes` into `segment` at `offset`. Not durable until `flush`.
+    fn write(&mut self, segment: u64, offset: u64, bytes: &[u8]) -> io::Result<()>;
+
+    /// Makes every earlier write to `segment` durable.
+    fn flush(&mut self, segment: u64) -> io::Result<()>;
+
+    /// Deletes `segment` durably.
+    fn remove(&mut self, segment: u64) -> io::Result<()>;
+}
+
+pub trait StorageReader: Clone + Send + Sync + 'static {
+    type Segment: SegmentRead;
+
+    fn segments(&self) -> io::Result<Vec<u64>>;
+
+    /// Opens one segment for reading; the handle reads at any offset without seeking.
+    fn open(&self, segment: u64) -> io::Result<Self::Segment>;
+
+    /// A name for error messages (a file path for real storage).
+    fn describe(&self, segment: u64) -> String;
+}
+
+pub trait SegmentRead: Send {
+    fn len(&self) -> io::Result<u64>;
+
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
