@@ -932,27 +932,63 @@ impl Engine {
     /// Checks every invariant by a full scan (O(accounts + holds)). `apply` checks the O(1)
     /// forms on every command; tests call this after every step and restore calls it once.
     pub fn verify(&self) -> Result<(), String> {
+        // Bounds first: a restored snapshot may carry any i128, and summing out-of-range
+        // balances would overflow (a panic in debug builds) instead of reporting an error.
+        let out_of_range =
+            |a: &Account| a.balance.unsigned_abs() > BALANCE_UNITS_MAX.unsigned_abs();
+        if let Some(index) = self.accounts.iter().position(out_of_range) {
+            return Err(format!(
+                "account {}: balance outside DECIMAL(19,4)",
+                index + 1
+            ));
+        }
         if let Some((currency, total)) = self.ledger_totals().into_iter().find(|(_, t)| *t != 0) {
             return Err(format!(
                 "ledger for currency {} sums to {total}, not zero",
                 currency.0
             ));
         }
+        let held = self.verify_holds()?;
+        let open_pockets = self.verify_pockets()?;
+        for (index, account) in self.accounts.iter().enumerate() {
+            self.verify_account(account, held[index], open_pockets[index])
+                .map_err(|reason| format!("account {}: {reason}", index + 1))?;
+        }
+        self.verify_windows()
+    }
+
+    /// Checks every active hold and returns the held total per account.
+    fn verify_holds(&self) -> Result<Vec<i128>, String> {
         let mut held = vec![0i128; self.accounts.len()];
         for hold in self.holds.values() {
+            let fail = |reason: &str| format!("hold {}: {reason}", hold.id.0);
             let index = self
                 .index(hold.account)
-                .map_err(|_| "hold on unknown account")?;
-            held[index] += i128::from(hold.amount.0);
-            if !self.hold_deadlines.contains(&(hold.expires_at, hold.id))
-                || hold.id.0 >= self.next_hold
+                .map_err(|_| fail("unknown account"))?;
+            let destination = self
+                .index(hold.destination)
+                .map_err(|_| fail("unknown destination"))?;
+            if !PARTIES.contains(&self.accounts[index].kind)
+                || !HOLD_DESTINATIONS.contains(&self.accounts[destination].kind)
             {
-                return Err(format!("hold {} is not indexed by its deadline", hold.id.0));
+                return Err(fail("account kinds do not allow a hold"));
             }
+            if !hold.amount.is_valid_positive() || hold.id.0 >= self.next_hold {
+                return Err(fail("invalid amount or id"));
+            }
+            if !self.hold_deadlines.contains(&(hold.expires_at, hold.id)) {
+                return Err(fail("not indexed by its deadline"));
+            }
+            held[index] += i128::from(hold.amount.0);
         }
         if self.hold_deadlines.len() != self.holds.len() {
             return Err("hold deadlines and holds disagree".into());
         }
+        Ok(held)
+    }
+
+    /// Checks that pocket records and pocket accounts match; returns open pockets per parent.
+    fn verify_pockets(&self) -> Result<Vec<u32>, String> {
         let mut open_pockets = vec![0u32; self.accounts.len()];
         for pocket in self.pockets.values() {
             let index = self
@@ -962,27 +998,83 @@ impl Engine {
                 .index(pocket.parent)
                 .map_err(|_| "pocket without parent")?;
             let account = &self.accounts[index];
-            if account.kind != AccountKind::Pocket || account.parent != pocket.parent {
+            let parent_is_customer = self.accounts[parent].kind == AccountKind::Customer;
+            if account.kind != AccountKind::Pocket
+                || account.parent != pocket.parent
+                || !parent_is_customer
+            {
                 return Err(format!("pocket {} does not match its account", pocket.id.0));
             }
             if account.status != AccountStatus::Closed {
                 open_pockets[parent] += 1;
             }
         }
-        for (index, account) in self.accounts.iter().enumerate() {
-            verify_account(account, held[index], open_pockets[index])
-                .map_err(|reason| format!("account {}: {reason}", index + 1))?;
+        // Each record names a distinct pocket account; together with equal counts, every
+        // pocket account has its record (pocket moves rely on it).
+        let pocket_accounts = self
+            .accounts
+            .iter()
+            .filter(|a| a.kind == AccountKind::Pocket)
+            .count();
+        if pocket_accounts != self.pockets.len() {
+            return Err("pocket accounts without pocket records".into());
         }
+        Ok(open_pockets)
+    }
+
+    fn verify_account(
+        &self,
+        account: &Account,
+        held: i128,
+        open_pockets: u32,
+    ) -> Result<(), String> {
+        verify_account(account, held, open_pockets)?;
+        if usize::from(account.tier) >= self.config.tiers.len() {
+            return Err("tier outside the tier table".into());
+        }
+        if account.overdraft_limit > Amount::MAX {
+            return Err("overdraft above DECIMAL(19,4)".into());
+        }
+        let is_pocket = account.kind == AccountKind::Pocket;
+        if is_pocket != (account.parent != AccountId(0)) {
+            return Err("only pockets have a parent".into());
+        }
+        if is_pocket && self.pockets.contains_key(&account.parent) {
+            return Err("a pocket's parent is itself a pocket".into());
+        }
+        Ok(())
+    }
+
+    /// Checks the bounded windows: consistent indexes, nothing from the future, and records
+    /// that name existing accounts, transactions and holds.
+    fn verify_windows(&self) -> Result<(), String> {
+        let last = self.last_timestamp;
         self.idempotency
-            .verify()
+            .verify(last, |entry| match entry.seq <= self.last_seq {
+                true => Ok(()),
+                false => Err(format!("entry from seq {} after the last seq", entry.seq)),
+            })
             .map_err(|e| format!("idempotency window: {e}"))?;
         self.payments
-            .verify()
+            .verify(last, |payment| self.verify_payment(payment))
             .map_err(|e| format!("payments window: {e}"))?;
         self.finished_holds
-            .verify()
-            .map_err(|e| format!("finished holds: {e}"))?;
-        Ok(())
+            .verify(last, |hold| match hold.id.0 < self.next_hold {
+                true => Ok(()),
+                false => Err(format!("hold {} was never issued", hold.id.0)),
+            })
+            .map_err(|e| format!("finished holds: {e}"))
+    }
+
+    fn verify_payment(&self, payment: &PaymentRecord) -> Result<(), String> {
+        let kind = |id| self.index(id).map(|index| self.accounts[index].kind).ok();
+        let parties_ok = kind(payment.customer) == Some(AccountKind::Customer)
+            && kind(payment.merchant) == Some(AccountKind::Merchant);
+        let amounts_ok = payment.amount.is_valid_positive() && payment.refunded <= payment.amount;
+        match parties_ok && amounts_ok && payment.txn.0 < self.next_txn {
+            true => Ok(()),
+            false => Err(format!("payment {} is inconsistent", payment.txn.0)),
+        }
     }
 }
 

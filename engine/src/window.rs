@@ -17,7 +17,7 @@ pub(crate) trait WindowItem {
     fn at(&self) -> Timestamp;
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub(crate) struct Window<T: WindowItem> {
     index: HashMap<T::Key, u64, FoldHasherBuilder>,
     items: VecDeque<T>,
@@ -25,6 +25,15 @@ pub(crate) struct Window<T: WindowItem> {
     first_position: u64,
     /// Items dropped because the table was full before their time was up.
     pub(crate) evicted_early: u64,
+}
+
+/// Windows are equal when they hold the same items and the same early-eviction count. The
+/// index and positions are bookkeeping derived from the items: a window rebuilt from a snapshot
+/// numbers its positions from zero, yet holds the same state.
+impl<T: WindowItem + PartialEq> PartialEq for Window<T> {
+    fn eq(&self, other: &Window<T>) -> bool {
+        self.items == other.items && self.evicted_early == other.evicted_early
+    }
 }
 
 impl<T: WindowItem> Window<T> {
@@ -132,8 +141,13 @@ impl<T: WindowItem> Window<T> {
         self.first_position += 1;
     }
 
-    /// Checks that the index and the items agree; for `Engine::verify`.
-    pub(crate) fn verify(&self) -> Result<(), String> {
+    /// Checks that the index and the items agree, that items are in time order and none is
+    /// later than `last`, and each item passes `item_ok`; for `Engine::verify`.
+    pub(crate) fn verify(
+        &self,
+        last: Timestamp,
+        item_ok: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<(), String> {
         for (key, &position) in &self.index {
             let offset = position
                 .checked_sub(self.first_position)
@@ -151,10 +165,10 @@ impl<T: WindowItem> Window<T> {
             .iter()
             .zip(self.items.iter().skip(1))
             .all(|(a, b)| a.at() <= b.at());
-        if !ordered {
+        if !ordered || self.items.back().is_some_and(|item| item.at() > last) {
             return Err("items out of time order".into());
         }
-        Ok(())
+        self.items.iter().try_for_each(item_ok)
     }
 }
 
@@ -229,7 +243,9 @@ mod tests {
         assert!(window.get(3, Timestamp(46), 25).is_some());
         window.expire(Timestamp(46), 25);
         assert_eq!(window.len(), 2);
-        window.verify().expect("consistent");
+        window
+            .verify(Timestamp(1_000), |_| Ok(()))
+            .expect("consistent");
     }
 
     #[test]
@@ -243,6 +259,8 @@ mod tests {
             window.get(7, Timestamp(100), 50),
             Some(&Item(7, Timestamp(100)))
         );
-        window.verify().expect("consistent");
+        window
+            .verify(Timestamp(1_000), |_| Ok(()))
+            .expect("consistent");
     }
 }
