@@ -14,6 +14,9 @@ pub struct TierLimits {
 
 /// The most tiers a configuration may define (tiers are `u8` indexes).
 pub const TIERS_MAX: usize = 16;
+/// The largest any count bound may be configured: tables are sized for their bound up front
+/// (so they never rehash mid-command), and this keeps that within a machine's address space.
+pub const CAPACITY_MAX: u64 = 100_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
@@ -105,6 +108,16 @@ impl EngineConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be greater than zero"));
+        }
+        let counts = [
+            ("accounts_max", self.accounts_max),
+            ("holds_active_max", self.holds_active_max),
+            ("idempotency_entries_max", self.idempotency_entries_max),
+            ("refundable_payments_max", self.refundable_payments_max),
+            ("finished_holds_max", self.finished_holds_max),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, value)| *value > CAPACITY_MAX) {
+            return Err(format!("{name} must be at most {CAPACITY_MAX}"));
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ pub use amount::{
 };
 pub use calendar::{Date, JAKARTA_UTC_OFFSET_SECONDS, jakarta_date, jakarta_midnight, month_index};
 pub use command::*;
-pub use config::{EngineConfig, TIERS_MAX, TierLimits};
+pub use config::{CAPACITY_MAX, EngineConfig, TIERS_MAX, TierLimits};
 pub use engine::{EXPIRIES_PER_COMMAND_MAX, Engine, EngineStats};
 pub use ids::*;
 pub use outcome::*;

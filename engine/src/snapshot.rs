@@ -113,19 +113,28 @@ impl Engine {
         engine.last_timestamp = snapshot.last_timestamp;
         engine.next_txn = snapshot.next_txn;
         engine.next_hold = snapshot.next_hold;
-        engine.accounts = snapshot.accounts;
+        engine.accounts.extend(snapshot.accounts);
         engine.pockets = snapshot.pockets.into_iter().map(|p| (p.id, p)).collect();
         for hold in snapshot.holds {
             engine.hold_deadlines.insert((hold.expires_at, hold.id));
             engine.holds.insert(hold.id, hold);
         }
+        let config = &engine.config;
         engine.finished_holds = Window::from_items(
             snapshot.finished_holds,
             snapshot.finished_holds_evicted_early,
+            config.finished_holds_max,
         );
-        engine.payments = Window::from_items(snapshot.payments, snapshot.payments_evicted_early);
-        engine.idempotency =
-            Window::from_items(snapshot.idempotency, snapshot.idempotency_evicted_early);
+        engine.payments = Window::from_items(
+            snapshot.payments,
+            snapshot.payments_evicted_early,
+            config.refundable_payments_max,
+        );
+        engine.idempotency = Window::from_items(
+            snapshot.idempotency,
+            snapshot.idempotency_evicted_early,
+            config.idempotency_entries_max,
+        );
         engine.verify().map_err(SnapshotError::Invalid)?;
         Ok(engine)
     }

@@ -37,18 +37,22 @@ impl<T: WindowItem + PartialEq> PartialEq for Window<T> {
 }
 
 impl<T: WindowItem> Window<T> {
-    pub(crate) fn new() -> Window<T> {
+    /// An empty window with room for `capacity` items allocated up front: growing a large
+    /// hash table later would rehash it all inside one command (a stall of seconds at
+    /// millions of entries). Untouched capacity costs address space, not memory.
+    pub(crate) fn with_capacity(capacity: u64) -> Window<T> {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         Window {
-            index: HashMap::default(),
-            items: VecDeque::new(),
+            index: HashMap::with_capacity_and_hasher(capacity, FoldHasherBuilder::default()),
+            items: VecDeque::with_capacity(capacity),
             first_position: 0,
             evicted_early: 0,
         }
     }
 
     /// Rebuilds a window from its items in order (from a snapshot).
-    pub(crate) fn from_items(items: Vec<T>, evicted_early: u64) -> Window<T> {
-        let mut window = Window::new();
+    pub(crate) fn from_items(items: Vec<T>, evicted_early: u64, capacity: u64) -> Window<T> {
+        let mut window = Window::with_capacity(capacity);
         window.evicted_early = evicted_early;
         for item in items {
             window.push_back(item);
@@ -227,7 +231,7 @@ mod tests {
 
     #[test]
     fn items_leave_by_time_and_by_capacity() {
-        let mut window = Window::new();
+        let mut window = Window::with_capacity(10);
         for key in 0..5 {
             window.push(Item(key, Timestamp(key * 10)), 3);
         }
@@ -250,7 +254,7 @@ mod tests {
 
     #[test]
     fn reused_key_supersedes_a_stale_item() {
-        let mut window = Window::new();
+        let mut window = Window::with_capacity(10);
         window.push(Item(7, Timestamp(0)), 10);
         assert!(window.get(7, Timestamp(100), 50).is_none());
         window.push(Item(7, Timestamp(100)), 10);
