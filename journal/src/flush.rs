@@ -20,7 +20,8 @@ pub enum FlushMode {
 const RING_ENTRIES: u32 = 4;
 
 pub enum Flusher {
-    IoUring(IoUring),
+    /// Boxed: a ring is a few hundred bytes, the syscall variant none.
+    IoUring(Box<IoUring>),
     Syscall,
 }
 
@@ -41,7 +42,7 @@ impl Flusher {
     }
 
     fn uring(probe: &File) -> io::Result<Flusher> {
-        let mut flusher = Flusher::IoUring(IoUring::new(RING_ENTRIES)?);
+        let mut flusher = Flusher::IoUring(Box::new(IoUring::new(RING_ENTRIES)?));
         flusher.sync_data(probe)?;
         Ok(flusher)
     }

@@ -7,8 +7,12 @@
 //! missing record at seq n is followed anywhere by a valid record whose watermark is >= n,
 //! then n had been durable: that is corruption, a hard error naming file and offset. Otherwise
 //! the damage is a torn tail: it is zeroed and recovery ends before it.
+//!
+//! Recovery reads what readers see, which after a killed process or a failed flush includes
+//! writes that never reached the disk. So before reporting the recovered records durable it
+//! writes again, and flushes, every record no later watermark vouches for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -20,7 +24,7 @@ use crate::record::{
     restamp_watermark,
 };
 use crate::segment::{Cursor, Found, SEGMENT_HEADER_LEN, SegmentHeader};
-use crate::storage::{Storage, StorageReader};
+use crate::storage::{SegmentRead, Storage, StorageReader};
 
 /// Readers (replicator, Kafka publisher, tools) that may tail one journal at once.
 pub const READERS_MAX: usize = 16;
@@ -222,9 +226,10 @@ impl<S: Storage> Journal<S> {
         recovery.first_seq = self.segments[0];
         self.next_seq = self.segments[0];
         let reader = self.storage.reader();
+        let mut unconfirmed = Unconfirmed::default();
         let mut index = 0;
         while index < self.segments.len() {
-            match self.scan_segment(&reader, index)? {
+            match self.scan_segment(&reader, index, &mut unconfirmed)? {
                 Scan::Complete => index += 1,
                 Scan::Damaged { offset, reason } => {
                     self.repair_tail(&reader, index, offset, &reason, &mut recovery)?;
@@ -232,18 +237,51 @@ impl<S: Storage> Journal<S> {
                 }
             }
         }
-        recovery.last_seq = self.next_seq - 1;
-        self.durable_seq = self.next_seq - 1;
+        self.confirm(&reader, &unconfirmed)?;
+        recovery.last_seq = self.flush()?;
         self.shared
             .first_seq
             .store(recovery.first_seq, Ordering::Release);
-        self.shared.publish(self.durable_seq);
         Ok(recovery)
+    }
+
+    /// Writes again every record (and segment header) that no watermark vouches for, so the
+    /// flush that follows makes durable what recovery is about to report durable: what it read
+    /// may have been only in the page cache.
+    fn confirm(
+        &mut self,
+        reader: &S::Reader,
+        unconfirmed: &Unconfirmed,
+    ) -> Result<(), JournalError> {
+        let mut ranges: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for &(segment, offset, end) in &unconfirmed.records {
+            ranges.entry(segment).or_insert((offset, end)).1 = end;
+        }
+        for &segment in self.segments.iter().filter(|&&s| s > unconfirmed.watermark) {
+            ranges.entry(segment).or_insert((0, SEGMENT_HEADER_LEN)).0 = 0;
+        }
+        for (segment, (start, end)) in ranges {
+            let mut bytes = vec![0u8; (end - start) as usize];
+            reader
+                .open(segment)
+                .and_then(|s| s.read_at(start, &mut bytes))
+                .map_err(io_error(format!("reading {}", reader.describe(segment))))?;
+            self.storage
+                .write(segment, start, &bytes)
+                .map_err(io_error(format!("rewriting segment {segment}")))?;
+            self.dirty.insert(segment);
+        }
+        Ok(())
     }
 
     /// Validates one segment's header and records, advancing the chain state. On return the
     /// write position is at the end of this segment's data.
-    fn scan_segment(&mut self, reader: &S::Reader, index: usize) -> Result<Scan, JournalError> {
+    fn scan_segment(
+        &mut self,
+        reader: &S::Reader,
+        index: usize,
+        unconfirmed: &mut Unconfirmed,
+    ) -> Result<Scan, JournalError> {
         let id = self.segments[index];
         let describe = || reader.describe(id);
         let segment = reader
@@ -302,11 +340,25 @@ impl<S: Storage> Journal<S> {
                     self.last_hash = record_hash(header_bytes, &bytes[HEADER_LEN..]);
                     self.last_epoch = header.epoch;
                     self.next_seq += 1;
-                    offset += record_len(header.length as usize) as u64;
+                    let end = offset + record_len(header.length as usize) as u64;
+                    unconfirmed.push(&header, id, offset, end);
+                    offset = end;
                 }
             }
         }
         self.write_offset = offset;
+        // Bytes after the end of the last segment's data are a torn tail (sectors of lost
+        // records that did reach the disk) or damage: left there, they would lie in wait for
+        // a later recovery that finds them at the end of a full segment.
+        let last = index + 1 == self.segments.len();
+        if last
+            && cursor
+                .any_nonzero_from(offset)
+                .map_err(io_error(format!("reading {}", describe())))?
+        {
+            let reason = "bytes after the end of the data".to_string();
+            return Ok(Scan::Damaged { offset, reason });
+        }
         // A segment ends early only where the next record did not fit; a missing next
         // segment is the end of the journal, a next segment must start right here.
         if let Some(&next) = self.segments.get(index + 1) {
@@ -419,10 +471,11 @@ impl<S: Storage> Journal<S> {
         Ok(())
     }
 
-    /// The largest payload this journal accepts.
+    /// The largest payload this journal accepts: its padded record fits an empty segment.
     pub fn payload_max(&self) -> usize {
-        let room = self.config.segment_bytes - SEGMENT_HEADER_LEN - HEADER_LEN as u64;
-        (room as usize).min(PAYLOAD_BYTES_MAX)
+        let align = RECORD_ALIGN as u64;
+        let record_room = (self.config.segment_bytes - SEGMENT_HEADER_LEN) / align * align;
+        ((record_room - HEADER_LEN as u64) as usize).min(PAYLOAD_BYTES_MAX)
     }
 
     /// Appends one record; durable only after the next successful `flush`.
@@ -596,7 +649,10 @@ impl<S: Storage> Journal<S> {
             .map(|r| r.load(Ordering::Acquire))
             .filter(|&s| s > 0)
             .min();
-        let keep_from = readers_need.map_or(covered_seq + 1, |need| need.min(covered_seq + 1));
+        // A reader that needs `need` may still be positioned in the segment holding `need - 1`
+        // (it has just read that record and not yet moved on): that segment stays too.
+        let keep_from = covered_seq.saturating_add(1);
+        let keep_from = readers_need.map_or(keep_from, |need| (need - 1).min(keep_from));
         let mut removed = Vec::new();
         while self.segments.len() > 1 && self.segments[1] <= keep_from {
             let segment = self.segments[0];
@@ -616,6 +672,35 @@ impl<S: Storage> Journal<S> {
 enum Scan {
     Complete,
     Damaged { offset: u64, reason: String },
+}
+
+/// The records recovery found with seq above every watermark seen so far: no later record
+/// vouches that they were durable. At most those appended after the last flush that a
+/// surviving record knew of (one batch, or one killed process's unflushed run).
+#[derive(Debug, Default)]
+struct Unconfirmed {
+    /// (segment, offset, end) of each such record, in seq order.
+    records: VecDeque<(u64, u64, u64)>,
+    /// The first seq among `records`.
+    first_seq: u64,
+    /// The highest durable watermark seen.
+    watermark: u64,
+}
+
+impl Unconfirmed {
+    fn push(&mut self, header: &RecordHeader, segment: u64, offset: u64, end: u64) {
+        self.watermark = self.watermark.max(header.durable_watermark);
+        while !self.records.is_empty() && self.first_seq <= self.watermark {
+            self.records.pop_front();
+            self.first_seq += 1;
+        }
+        if header.seq > self.watermark {
+            if self.records.is_empty() {
+                self.first_seq = header.seq;
+            }
+            self.records.push_back((segment, offset, end));
+        }
+    }
 }
 
 /// Looks for a valid record at or after (`segments[0]`, `offset`) whose watermark shows that

@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread;
 
@@ -16,7 +17,8 @@ use crate::flush::{FlushMode, Flusher};
 use crate::storage::{SegmentRead, Storage, StorageReader};
 
 const SEGMENT_SUFFIX: &str = ".journal";
-const SPARE_NAME: &str = "spare.journal.tmp";
+const SPARE_PREFIX: &str = "spare-";
+const SPARE_SUFFIX: &str = ".journal.tmp";
 /// Segments kept mapped at once; older ones are unmapped after a flush.
 const MAPPED_SEGMENTS_MAX: usize = 4;
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
@@ -41,7 +43,7 @@ impl MmapStorage {
         fs::create_dir_all(dir)?;
         let probe = File::open(dir)?;
         let flusher = Flusher::choose(mode, &probe)?;
-        let _ = fs::remove_file(dir.join(SPARE_NAME)); // a spare from an earlier run is untrusted
+        remove_spares(dir)?; // a spare from an earlier run is untrusted
         Ok(MmapStorage {
             dir: dir.to_path_buf(),
             mapped: BTreeMap::new(),
@@ -113,19 +115,29 @@ impl Storage for MmapStorage {
 
     fn create(&mut self, segment: u64, len: u64) -> io::Result<()> {
         let path = self.path(segment);
-        match self.take_spare(len) {
-            Some(spare) => fs::rename(spare, &path)?,
+        let took_spare = match self.take_spare(len) {
+            Some(spare) => {
+                fs::rename(spare, &path)?;
+                true
+            }
             None => {
                 let temp = self.dir.join(format!("{segment:020}.creating.tmp"));
                 zero_filled_file(&temp, len)?;
                 fs::rename(&temp, &path)?;
+                false
             }
-        }
+        };
         self.sync_dir()?;
-        if self.spare.as_ref().is_none_or(|s| s.len != len) {
-            self.spare = Some(SpareMaker::start(self.dir.join(SPARE_NAME), len));
-        } else if let Some(spare) = &self.spare {
-            spare.request();
+        // Ask for a new spare only once the last one was taken: a second request while one
+        // waits would make the thread truncate and refill the waiting file, which may be
+        // renamed into a live segment meanwhile.
+        match &self.spare {
+            Some(spare) if spare.len == len => {
+                if took_spare {
+                    spare.request();
+                }
+            }
+            _ => self.spare = Some(SpareMaker::start(spare_path(&self.dir), len)),
         }
         Ok(())
     }
@@ -210,6 +222,29 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     }
     segments.sort_unstable();
     Ok(segments)
+}
+
+/// A spare file name no other spare maker uses: the thread of a dropped storage may still be
+/// filling its own spare while a reopened storage makes a new one in the same directory.
+fn spare_path(dir: &Path) -> PathBuf {
+    static SPARE_MAKERS: AtomicU64 = AtomicU64::new(0);
+    let maker = SPARE_MAKERS.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(
+        "{SPARE_PREFIX}{}-{maker}{SPARE_SUFFIX}",
+        std::process::id()
+    ))
+}
+
+/// Removes leftover spares. Best effort: a leftover is never used, only wasted space.
+fn remove_spares(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(SPARE_PREFIX) && name.ends_with(SPARE_SUFFIX) {
+            let _ = fs::remove_file(dir.join(name.as_ref()));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `len` zero bytes for real (not a sparse file: first writes into holes or unwritten

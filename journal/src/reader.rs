@@ -106,6 +106,8 @@ impl<R: StorageReader> Reader<R> {
     }
 
     /// The next durable record, or `None` when the reader has caught up with the durable seq.
+    // Not `Iterator::next`: the record borrows the reader's buffer (a lending iterator).
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<RecordRef<'_>>, JournalError> {
         loop {
             if self.next_seq > self.shared.durable_seq.load(Ordering::Acquire) {
@@ -134,22 +136,40 @@ impl<R: StorageReader> Reader<R> {
     }
 
     /// The header at the current position, or `None` at the end of this segment's data.
+    /// Called only when the record at `next_seq` is durable, so it is in this segment or
+    /// starts the next one.
     fn peek(&mut self) -> Result<Option<(RecordHeader, usize)>, JournalError> {
+        let mut peeked = self.look()?;
+        if !matches!(peeked, Peeked::Record(_)) {
+            // The buffer may have been read before this durable record was written (when the
+            // reader had caught up, or while the writer was copying it): read it again before
+            // taking zeros for the end of the segment or a half-copied record for damage.
+            self.cursor.as_mut().expect("positioned by seek").refresh();
+            peeked = self.look()?;
+        }
+        match peeked {
+            Peeked::Record(header) if header.seq <= self.next_seq => {
+                Ok(Some((header, header.length as usize)))
+            }
+            Peeked::Record(header) => Err(self.corrupt(format!(
+                "seq {} where {} was expected",
+                header.seq, self.next_seq
+            ))),
+            Peeked::End => Ok(None),
+            Peeked::Invalid(reason) => Err(self.corrupt(reason)),
+        }
+    }
+
+    fn look(&mut self) -> Result<Peeked, JournalError> {
         let cursor = self.cursor.as_mut().expect("positioned by seek");
         let found = cursor
             .record_at(self.offset)
             .map_err(io_error("reading record"))?;
-        match found {
-            Found::Record { header, .. } if header.seq <= self.next_seq => {
-                Ok(Some((header, header.length as usize)))
-            }
-            Found::Record { header, .. } => Err(self.corrupt(format!(
-                "seq {} where {} was expected",
-                header.seq, self.next_seq
-            ))),
-            Found::End => Ok(None),
-            Found::Invalid(error) => Err(self.corrupt(error.to_string())),
-        }
+        Ok(match found {
+            Found::Record { header, .. } => Peeked::Record(header),
+            Found::End => Peeked::End,
+            Found::Invalid(error) => Peeked::Invalid(error.to_string()),
+        })
     }
 
     fn corrupt(&self, reason: String) -> JournalError {
@@ -164,6 +184,13 @@ impl<R: StorageReader> Reader<R> {
     pub fn wait(&self, timeout: Duration) -> bool {
         self.shared.wait_beyond(self.next_seq - 1, timeout)
     }
+}
+
+/// What `Reader::look` found, owned (a `Found` borrows the cursor's buffer).
+enum Peeked {
+    Record(RecordHeader),
+    End,
+    Invalid(String),
 }
 
 impl<R: StorageReader> Drop for Reader<R> {

@@ -131,6 +131,26 @@ impl<S: SegmentRead> Cursor<S> {
         Ok(Found::Record { header, bytes })
     }
 
+    /// Forgets the buffered bytes, so the next read sees what was written since they were read
+    /// (a reader that caught up with the writer, or raced its copy, holds stale bytes).
+    pub fn refresh(&mut self) {
+        self.buffer.clear();
+        self.buffer_offset = 0;
+    }
+
+    /// Whether any byte from `offset` to the end of the segment is non-zero.
+    pub fn any_nonzero_from(&mut self, offset: u64) -> io::Result<bool> {
+        let mut at = offset;
+        while at < self.length {
+            let len = (self.length - at).min(CURSOR_CHUNK_BYTES as u64) as usize;
+            if self.bytes(at, len)?.iter().any(|&b| b != 0) {
+                return Ok(true);
+            }
+            at += len as u64;
+        }
+        Ok(false)
+    }
+
     /// `len` bytes at `offset`, refilling the buffer from `offset` when they are not in it.
     pub fn bytes(&mut self, offset: u64, len: usize) -> io::Result<&[u8]> {
         let end = offset + len as u64;

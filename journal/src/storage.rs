@@ -52,6 +52,8 @@ pub trait StorageReader: Clone + Send + Sync + 'static {
     fn describe(&self, segment: u64) -> String;
 }
 
+// A segment has a length in bytes, not a count of elements that could be "empty".
+#[allow(clippy::len_without_is_empty)]
 pub trait SegmentRead: Send {
     fn len(&self) -> io::Result<u64>;
 

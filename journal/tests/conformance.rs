@@ -1,0 +1,877 @@
+//! The journal's contract, proved once for every storage (STYLE.md §3). Each generic test below
+//! runs against `MmapStorage` (real files; a crash is the process dropping the journal without
+//! flushing, so unflushed data may survive in the page cache, which the contract allows) and
+//! `SimStorage` (a crash keeps, loses or tears each unflushed sector). The sim-only tests at
+//! the end inject what real files cannot: failed flushes, bit flips and torn tails.
+
+mod common;
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use common::{Model, Rng, SEGMENT_BYTES, check_journal, config, hash_of, image, layout_of};
+use payu_journal::{
+    FlushMode, HEADER_LEN, Journal, JournalConfig, JournalError, MmapStorage, READERS_MAX,
+    RecordHeader, Recovery, SEGMENT_BYTES_MIN, SimStorage, Storage, StorageReader,
+};
+
+/// A storage under test and what a crash does to it.
+trait Harness {
+    type S: Storage;
+
+    fn fresh(seed: u64) -> Self;
+
+    /// A handle to open a journal on (the same files or simulated disk every time).
+    fn storage(&self) -> Self::S;
+
+    /// A crash, after the test dropped its journal without flushing.
+    fn crash(&mut self);
+}
+
+struct MmapHarness {
+    dir: tempfile::TempDir,
+}
+
+impl Harness for MmapHarness {
+    type S = MmapStorage;
+
+    fn fresh(_seed: u64) -> MmapHarness {
+        MmapHarness {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn storage(&self) -> MmapStorage {
+        MmapStorage::open(self.dir.path(), FlushMode::Auto).expect("open journal dir")
+    }
+
+    fn crash(&mut self) {
+        // The process "died" when the journal was dropped; the page cache keeps what it kept.
+    }
+}
+
+struct SimHarness {
+    sim: SimStorage,
+}
+
+impl Harness for SimHarness {
+    type S = SimStorage;
+
+    fn fresh(seed: u64) -> SimHarness {
+        SimHarness {
+            sim: SimStorage::new(seed),
+        }
+    }
+
+    fn storage(&self) -> SimStorage {
+        self.sim.clone()
+    }
+
+    fn crash(&mut self) {
+        self.sim.crash();
+    }
+}
+
+fn open<H: Harness>(harness: &H) -> (Journal<H::S>, Recovery) {
+    open_with(harness, config())
+}
+
+fn open_with<H: Harness>(harness: &H, config: JournalConfig) -> (Journal<H::S>, Recovery) {
+    Journal::open(harness.storage(), config).unwrap_or_else(|e| panic!("open: {e}"))
+}
+
+fn segments<S: Storage>(journal: &Journal<S>) -> Vec<u64> {
+    journal.storage().segments().expect("list segments")
+}
+
+/// A payload length that makes records of many sizes (0 to ~1 KiB, with padding variety).
+fn varied_len(rng: &mut Rng) -> usize {
+    match rng.below(4) {
+        0 => rng.below(17) as usize,
+        1 => 16 * rng.below(8) as usize,
+        _ => rng.below(1100) as usize,
+    }
+}
+
+/// Appends `count` records of varied sizes and flushes once at the end.
+fn fill<S: Storage>(journal: &mut Journal<S>, model: &mut Model, rng: &mut Rng, count: usize) {
+    for _ in 0..count {
+        model.append(journal, varied_len(rng));
+    }
+    let durable = journal.flush().expect("flush");
+    assert_eq!(durable, model.next_seq() - 1);
+}
+
+macro_rules! contract_tests {
+    ($($test:ident),* $(,)?) => {
+        mod mmap {
+            $(
+                #[test]
+                fn $test() {
+                    // Proves the generic test of the same name against real files.
+                    super::$test::<super::MmapHarness>();
+                }
+            )*
+        }
+        mod sim {
+            $(
+                #[test]
+                fn $test() {
+                    // Proves the generic test of the same name against the simulated disk.
+                    super::$test::<super::SimHarness>();
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(
+    records_survive_reopen_in_order_across_segment_rolls,
+    flush_reports_the_highest_durable_seq,
+    crash_keeps_every_flushed_record_and_nothing_garbage,
+    reader_sees_only_durable_records_and_tails_new_ones,
+    reader_wait_wakes_on_a_flush_from_another_thread,
+    reader_starts_at_any_seq_in_a_middle_segment,
+    reader_outside_the_journal_is_unavailable,
+    readers_are_bounded_by_readers_max,
+    retention_removes_only_whole_covered_segments,
+    retention_keeps_what_a_live_reader_needs,
+    reopen_after_retention_starts_at_the_first_kept_segment,
+    replicated_records_rebuild_an_identical_chain,
+    replication_rejects_gaps_broken_chains_and_flipped_bits,
+    payload_too_large_is_refused_and_the_largest_fits,
+);
+
+fn records_survive_reopen_in_order_across_segment_rolls<H: Harness>() {
+    // Proves: flushed records come back after reopen with every header field, payload and chain link.
+    let harness = H::fresh(1);
+    let mut rng = Rng::new(11);
+    let mut model = Model::default();
+    {
+        let (mut journal, recovery) = open(&harness);
+        assert_eq!(recovery.last_seq, 0);
+        assert_eq!(recovery.first_seq, 1);
+        for round in 0..12 {
+            fill(&mut journal, &mut model, &mut rng, 20 + round * 5);
+        }
+    }
+    let (journal, recovery) = open(&harness);
+    let last = model.next_seq() - 1;
+    assert_eq!(recovery.last_seq, last);
+    assert_eq!(recovery.truncated_bytes, 0);
+    assert!(recovery.removed_segments.is_empty());
+    assert_eq!(journal.next_seq(), last + 1);
+    assert_eq!(journal.durable_seq(), last);
+    assert_eq!(check_journal(&journal, &model, 1), last);
+    let rolled = segments(&journal);
+    assert!(rolled.len() >= 10, "rolled over many segments: {rolled:?}");
+    let expected: Vec<u64> = layout_of(&model).iter().map(|p| p.segment).collect();
+    let mut expected_segments = expected.clone();
+    expected_segments.dedup();
+    assert_eq!(
+        rolled, expected_segments,
+        "segments are named by their first seq"
+    );
+}
+
+fn flush_reports_the_highest_durable_seq<H: Harness>() {
+    // Proves: `flush` returns the highest durable seq, `durable_seq` agrees, appends alone don't move it.
+    let harness = H::fresh(2);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    assert_eq!(journal.durable_seq(), 0);
+    assert_eq!(journal.flush().expect("empty flush"), 0);
+    for expected_durable in [3u64, 4, 40, 41] {
+        while model.next_seq() <= expected_durable {
+            model.append(&mut journal, 300);
+            assert!(journal.durable_seq() < model.next_seq() - 1);
+        }
+        assert_eq!(journal.flush().expect("flush"), expected_durable);
+        assert_eq!(journal.durable_seq(), expected_durable);
+        assert_eq!(journal.next_seq(), expected_durable + 1);
+    }
+    assert_eq!(journal.flush().expect("idle flush"), 41);
+    check_journal(&journal, &model, 1);
+}
+
+fn crash_keeps_every_flushed_record_and_nothing_garbage<H: Harness>() {
+    // Proves: after any crash every record up to the last flush is intact, and whatever else survives is valid and continues the chain.
+    let mut harness = H::fresh(3);
+    let mut rng = Rng::new(33);
+    let mut model = Model::default();
+    let mut durable = 0;
+    for round in 0..16 {
+        let (mut journal, recovery) = open(&harness);
+        assert!(
+            recovery.last_seq >= durable,
+            "round {round}: recovered {} < durable {durable}",
+            recovery.last_seq
+        );
+        assert!(recovery.last_seq < model.next_seq(), "nothing invented");
+        // Whatever survived beyond the durable seq must be exactly what was written.
+        check_journal(&journal, &model, 1);
+        model.truncate(recovery.last_seq);
+        durable = recovery.last_seq;
+        for _ in 0..rng.below(120) {
+            model.append(&mut journal, varied_len(&mut rng));
+            if rng.chance(1, 8) {
+                durable = journal.flush().expect("flush");
+                assert_eq!(durable, model.next_seq() - 1);
+            }
+        }
+        drop(journal);
+        harness.crash();
+    }
+}
+
+fn reader_sees_only_durable_records_and_tails_new_ones<H: Harness>() {
+    // Proves: a reader yields only durable records, and keeps tailing the journal across flushes and segment rolls.
+    let harness = H::fresh(4);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    let mut reader = journal.reader(1).expect("reader");
+    let mut next = 1;
+    for batch in 0..40u64 {
+        for _ in 0..(batch % 7 + 1) {
+            model.append(&mut journal, (batch as usize * 37) % 700);
+        }
+        assert!(
+            reader.next().expect("read").is_none(),
+            "batch {batch}: unflushed records are invisible"
+        );
+        journal.flush().expect("flush");
+        while let Some(record) = reader.next().expect("read") {
+            assert_eq!(record.header.seq, next);
+            assert!(record.payload() == model.get(next).payload);
+            next += 1;
+        }
+        assert_eq!(next, model.next_seq(), "batch {batch}: caught up");
+    }
+    assert!(segments(&journal).len() > 3, "the reader crossed segments");
+}
+
+fn reader_wait_wakes_on_a_flush_from_another_thread<H: Harness>() {
+    // Proves: `Reader::wait` times out while nothing is durable and returns true once another thread flushes.
+    let harness = H::fresh(5);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    let mut reader = journal.reader(1).expect("reader");
+    assert!(
+        !reader.wait(Duration::from_millis(20)),
+        "nothing durable yet"
+    );
+    const BATCHES: u64 = 5;
+    const BATCH: u64 = 30;
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<()>(1);
+    let tailer = thread::spawn(move || {
+        let mut seen = Vec::new();
+        ready_tx.send(()).expect("the test is waiting");
+        while (seen.len() as u64) < BATCHES * BATCH {
+            assert!(
+                reader.wait(Duration::from_secs(20)),
+                "no flush arrived within 20 s (after {} records)",
+                seen.len()
+            );
+            while let Some(record) = reader.next().expect("read") {
+                seen.push((record.header.seq, record.payload().to_vec()));
+            }
+        }
+        seen
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the tailer started");
+    for _ in 0..BATCHES {
+        for _ in 0..BATCH {
+            model.append(&mut journal, 400);
+        }
+        journal.flush().expect("flush");
+    }
+    let seen = tailer.join().expect("tailer");
+    assert_eq!(seen.len() as u64, BATCHES * BATCH);
+    for (index, (seq, payload)) in seen.iter().enumerate() {
+        assert_eq!(*seq, index as u64 + 1);
+        assert!(*payload == model.get(*seq).payload);
+    }
+}
+
+fn reader_starts_at_any_seq_in_a_middle_segment<H: Harness>() {
+    // Proves: a reader from any seq (segment starts, middles, ends, the very next seq) yields exactly the records from there on.
+    let harness = H::fresh(6);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    let mut rng = Rng::new(66);
+    fill(&mut journal, &mut model, &mut rng, 250);
+    let segments = segments(&journal);
+    assert!(segments.len() >= 5);
+    let last = model.next_seq() - 1;
+    let mut starts = vec![1, 2, last, last + 1];
+    for &s in &segments[1..] {
+        starts.extend([s - 1, s, s + 1]);
+    }
+    starts.push((segments[2] + segments[3]) / 2);
+    for from in starts {
+        let mut reader = journal.reader(from).expect("reader");
+        let mut seq = from;
+        while let Some(record) = reader.next().expect("read") {
+            assert_eq!(record.header.seq, seq, "reader from {from}");
+            assert!(record.payload() == model.get(seq).payload);
+            seq += 1;
+        }
+        assert_eq!(seq, last + 1, "reader from {from} reads to the end");
+    }
+}
+
+fn reader_outside_the_journal_is_unavailable<H: Harness>() {
+    // Proves: asking for a seq before the first or after the next is `Unavailable`, never a wrong record.
+    let harness = H::fresh(7);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    let mut rng = Rng::new(77);
+    fill(&mut journal, &mut model, &mut rng, 200);
+    let next = journal.next_seq();
+    for seq in [0, next + 1, next + 1000] {
+        match journal.reader(seq) {
+            Err(JournalError::Unavailable {
+                seq: asked,
+                first,
+                next: n,
+            }) => assert_eq!((asked, first, n), (seq, 1, next)),
+            other => panic!("reader({seq}) gave {other:?}"),
+        }
+    }
+    let covered = segments(&journal)[2];
+    journal.remove_covered(covered).expect("retention");
+    let first = journal.first_seq();
+    assert!(first > 1);
+    assert!(matches!(
+        journal.reader(first - 1),
+        Err(JournalError::Unavailable { .. })
+    ));
+    assert_eq!(
+        check_journal(&journal, &model, first),
+        next - first,
+        "the first kept seq reads"
+    );
+}
+
+fn readers_are_bounded_by_readers_max<H: Harness>() {
+    // Proves: at most READERS_MAX readers exist at once, and dropping one frees its slot.
+    let harness = H::fresh(8);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    model.append(&mut journal, 10);
+    journal.flush().expect("flush");
+    let mut readers: Vec<_> = (0..READERS_MAX)
+        .map(|_| journal.reader(1).expect("a free slot"))
+        .collect();
+    assert!(matches!(journal.reader(1), Err(JournalError::ReadersFull)));
+    readers.pop();
+    let mut reader = journal.reader(1).expect("a freed slot");
+    assert_eq!(reader.next().expect("read").expect("record").header.seq, 1);
+}
+
+/// The seq after each segment's last record, i.e. the next segment's id (or `next` for the last).
+fn segment_ends(segments: &[u64], next: u64) -> Vec<u64> {
+    segments[1..].iter().copied().chain([next]).collect()
+}
+
+fn retention_removes_only_whole_covered_segments<H: Harness>() {
+    // Proves: `remove_covered` removes exactly the segments whose records are all covered, never the active one.
+    let harness = H::fresh(9);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    let mut rng = Rng::new(99);
+    fill(&mut journal, &mut model, &mut rng, 300);
+    let before = segments(&journal);
+    assert!(before.len() >= 6);
+    assert!(
+        journal
+            .remove_covered(0)
+            .expect("nothing covered")
+            .is_empty()
+    );
+    assert!(
+        journal
+            .remove_covered(before[1] - 2)
+            .expect("first segment not wholly covered")
+            .is_empty()
+    );
+    for covered in [before[1] - 1, before[3] + 2, before[4] - 1] {
+        let segments_now = segments(&journal);
+        let removed = journal.remove_covered(covered).expect("retention");
+        let ends = segment_ends(&segments_now, journal.next_seq());
+        let expected: Vec<u64> = segments_now
+            .iter()
+            .zip(&ends)
+            .filter(|&(_, &end)| end - 1 <= covered)
+            .map(|(&s, _)| s)
+            .collect();
+        assert_eq!(removed, expected, "covered {covered}");
+        assert_eq!(segments(&journal), segments_now[expected.len()..].to_vec());
+        assert_eq!(journal.first_seq(), segments(&journal)[0]);
+        assert!(journal.first_seq() <= covered + 1);
+    }
+    let active = *before.last().expect("segments");
+    let removed = journal
+        .remove_covered(journal.next_seq() + 100)
+        .expect("everything covered");
+    assert!(!removed.contains(&active));
+    assert_eq!(segments(&journal), vec![active], "the active segment stays");
+    let first = journal.first_seq();
+    assert_eq!(first, active);
+    check_journal(&journal, &model, first);
+    // Appending after retention still works and rolls on.
+    fill(&mut journal, &mut model, &mut rng, 100);
+    check_journal(&journal, &model, first);
+}
+
+fn retention_keeps_what_a_live_reader_needs<H: Harness>() {
+    // Proves: retention never removes a segment a live reader still needs (even one it has just finished), and frees it once the reader moves on or is dropped.
+    let harness = H::fresh(10);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    let mut rng = Rng::new(1010);
+    fill(&mut journal, &mut model, &mut rng, 400);
+    let all = segments(&journal);
+    assert!(all.len() >= 8);
+    let durable = journal.durable_seq();
+
+    let from = all[2] + 3;
+    let mut reader = journal.reader(from).expect("reader");
+    let removed = journal.remove_covered(durable).expect("retention");
+    assert_eq!(
+        removed,
+        all[..2].to_vec(),
+        "only segments wholly before the reader"
+    );
+    // Read exactly to the end of a segment with room for a header after its data (so the
+    // reader must look there again), then let retention run: the next read must work.
+    let places = layout_of(&model);
+    let slack_after = |id: u64| {
+        let last = places.iter().rfind(|p| p.segment == id).expect("records");
+        SEGMENT_BYTES - (last.offset + last.padded)
+    };
+    let k = (4..all.len() - 1)
+        .find(|&k| slack_after(all[k]) >= HEADER_LEN as u64)
+        .expect("a segment with slack");
+    let mut seq = from;
+    while seq < all[k + 1] {
+        let record = reader.next().expect("read").expect("durable");
+        assert_eq!(record.header.seq, seq);
+        seq += 1;
+    }
+    let removed = journal.remove_covered(durable).expect("retention");
+    assert!(
+        removed.iter().all(|&s| s < all[k]),
+        "removed {removed:?} while the reader needs {}",
+        reader.next_seq()
+    );
+    while let Some(record) = reader.next().expect("read after retention") {
+        assert_eq!(record.header.seq, seq);
+        assert!(record.payload() == model.get(seq).payload);
+        seq += 1;
+    }
+    assert_eq!(seq, durable + 1);
+    drop(reader);
+    journal.remove_covered(durable).expect("retention");
+    assert_eq!(
+        segments(&journal),
+        vec![*all.last().expect("segments")],
+        "no reader left: all but the active segment go"
+    );
+}
+
+fn reopen_after_retention_starts_at_the_first_kept_segment<H: Harness>() {
+    // Proves: a journal reopened after retention recovers from its first kept segment (first_seq > 1) and continues the chain.
+    let mut harness = H::fresh(11);
+    let mut model = Model::default();
+    let mut rng = Rng::new(1111);
+    let (first, last_hash) = {
+        let (mut journal, _) = open(&harness);
+        fill(&mut journal, &mut model, &mut rng, 300);
+        let covered = segments(&journal)[3] + 1;
+        assert_eq!(journal.remove_covered(covered).expect("retention").len(), 3);
+        (journal.first_seq(), journal.last_hash())
+    };
+    harness.crash();
+    let (mut journal, recovery) = open(&harness);
+    assert_eq!(recovery.first_seq, first);
+    assert!(first > 1);
+    assert_eq!(recovery.last_seq, model.next_seq() - 1);
+    assert_eq!(journal.first_seq(), first);
+    assert_eq!(journal.last_hash(), last_hash);
+    check_journal(&journal, &model, first);
+    fill(&mut journal, &mut model, &mut rng, 100);
+    drop(journal);
+    harness.crash();
+    let (journal, recovery) = open(&harness);
+    assert_eq!(recovery.last_seq, model.next_seq() - 1);
+    check_journal(&journal, &model, first);
+}
+
+/// Every durable record of `journal` from `from` on, as bytes (header and payload).
+fn records_of<S: Storage>(journal: &Journal<S>, from: u64) -> Vec<Vec<u8>> {
+    let mut reader = journal.reader(from).expect("reader");
+    let mut records = Vec::new();
+    while let Some(record) = reader.next().expect("read") {
+        records.push(record.bytes.to_vec());
+    }
+    records
+}
+
+fn replicated_records_rebuild_an_identical_chain<H: Harness>() {
+    // Proves: records read from journal A and appended to B with `append_replicated` give B the same bytes but for the node-local watermark, and the same chain hashes.
+    let primary = H::fresh(12);
+    let mut standby = H::fresh(13);
+    let (mut a, _) = open(&primary);
+    let mut model = Model::default();
+    let mut rng = Rng::new(1212);
+    for _ in 0..8 {
+        fill(&mut a, &mut model, &mut rng, 40);
+    }
+    let originals = records_of(&a, 1);
+    {
+        let (mut b, _) = open(&standby);
+        for (index, record) in originals.iter().enumerate() {
+            let seq = b.append_replicated(record).expect("replicated");
+            assert_eq!(seq, index as u64 + 1);
+            if index % 25 == 24 {
+                b.flush().expect("flush");
+            }
+        }
+        assert_eq!(b.flush().expect("flush"), originals.len() as u64);
+        assert_eq!(b.last_hash(), a.last_hash());
+    }
+    standby.crash();
+    let (b, recovery) = open(&standby);
+    assert_eq!(recovery.last_seq, originals.len() as u64);
+    let copies = records_of(&b, 1);
+    assert_eq!(copies.len(), originals.len());
+    let mut prev_hash = 0;
+    for (original, copy) in originals.iter().zip(&copies) {
+        assert_eq!(original.len(), copy.len());
+        assert_eq!(original[..12], copy[..12], "magic, version, kind, length");
+        assert_eq!(
+            original[16..56],
+            copy[16..56],
+            "seq, epoch, timestamp, prev_hash"
+        );
+        assert_eq!(original[HEADER_LEN..], copy[HEADER_LEN..], "payload");
+        assert_eq!(hash_of(original), hash_of(copy));
+        let header =
+            RecordHeader::decode(copy[..HEADER_LEN].try_into().expect("header")).expect("decodes");
+        assert_eq!(header.prev_hash, prev_hash);
+        prev_hash = hash_of(copy);
+    }
+    assert_eq!(b.last_hash(), a.last_hash());
+}
+
+fn replication_rejects_gaps_broken_chains_and_flipped_bits<H: Harness>() {
+    // Proves: `append_replicated` refuses a record that skips a seq, breaks the chain, lowers the epoch or has a flipped bit, and a refusal does not poison the journal.
+    let primary = H::fresh(14);
+    let standby = H::fresh(15);
+    let (mut a, _) = open(&primary);
+    let mut model = Model::default();
+    let mut rng = Rng::new(1414);
+    fill(&mut a, &mut model, &mut rng, 120);
+    let originals = records_of(&a, 1);
+    let (mut b, _) = open(&standby);
+    for record in &originals[..60] {
+        b.append_replicated(record).expect("replicated");
+    }
+    let next = &originals[60];
+    let rejected =
+        |b: &mut Journal<H::S>, record: &[u8], what: &str| match b.append_replicated(record) {
+            Err(JournalError::Rejected(_)) => {}
+            other => panic!("{what}: expected Rejected, got {other:?}"),
+        };
+    rejected(&mut b, &originals[61], "a seq gap");
+    rejected(&mut b, &originals[59], "a repeated seq");
+    rejected(&mut b, &next[..HEADER_LEN - 1], "a short record");
+    for bit in [0, 8 * 9 + 3, 8 * 20, 8 * 45 + 7, 8 * (next.len() - 1)] {
+        let mut flipped = next.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        rejected(&mut b, &flipped, &format!("flipped bit {bit}"));
+    }
+    let payload = &next[HEADER_LEN..];
+    let header =
+        RecordHeader::decode(next[..HEADER_LEN].try_into().expect("header")).expect("decodes");
+    let forged = |header: RecordHeader| {
+        let mut record = header.encode(payload).to_vec();
+        record.extend_from_slice(payload);
+        record
+    };
+    rejected(
+        &mut b,
+        &forged(RecordHeader {
+            prev_hash: header.prev_hash ^ 1,
+            ..header
+        }),
+        "a broken chain with a valid CRC",
+    );
+    rejected(
+        &mut b,
+        &forged(RecordHeader { epoch: 0, ..header }),
+        "a lower epoch",
+    );
+    assert_eq!(b.append_replicated(next).expect("the right record"), 61);
+    for record in &originals[61..] {
+        b.append_replicated(record).expect("replicated");
+    }
+    assert_eq!(b.flush().expect("flush"), originals.len() as u64);
+    assert_eq!(b.last_hash(), a.last_hash());
+}
+
+fn payload_too_large_is_refused_and_the_largest_fits<H: Harness>() {
+    // Proves: for any segment size, a payload of `payload_max()` is stored and read back, and one byte more is `PayloadTooLarge` without poisoning.
+    for segment_bytes in [SEGMENT_BYTES_MIN, SEGMENT_BYTES, SEGMENT_BYTES + 8, 20_001] {
+        let harness = H::fresh(16);
+        let config = JournalConfig { segment_bytes };
+        let mut model = Model::default();
+        {
+            let (mut journal, _) = open_with(&harness, config);
+            let max = journal.payload_max();
+            model.append(&mut journal, 100);
+            match journal.append(1, 0, &vec![7u8; max + 1]) {
+                Err(JournalError::PayloadTooLarge { len, max: m }) => {
+                    assert_eq!((len, m), (max + 1, max));
+                }
+                other => panic!("segment_bytes {segment_bytes}: {other:?}"),
+            }
+            model.append(&mut journal, max);
+            model.append(&mut journal, 100);
+            model.append(&mut journal, max);
+            journal
+                .flush()
+                .unwrap_or_else(|e| panic!("segment_bytes {segment_bytes}: {e}"));
+        }
+        let (journal, recovery) = open_with(&harness, config);
+        assert_eq!(recovery.last_seq, 4, "segment_bytes {segment_bytes}");
+        check_journal(&journal, &model, 1);
+    }
+}
+
+// ---- Sim-only: faults that real files cannot inject on demand. ----
+
+fn sim_open(sim: &SimStorage) -> Result<(Journal<SimStorage>, Recovery), JournalError> {
+    Journal::open(sim.clone(), config())
+}
+
+/// Appends `count` records of `len` bytes, flushing every `flush_every`.
+fn sim_fill(journal: &mut Journal<SimStorage>, model: &mut Model, count: u64, flush_every: u64) {
+    for i in 1..=count {
+        model.append(journal, 200 + (i as usize * 53) % 400);
+        if i % flush_every == 0 {
+            journal.flush().expect("flush");
+        }
+    }
+}
+
+#[test]
+fn sim_damage_before_durable_data_is_corrupt_naming_file_and_offset() {
+    // Proves: damage before durable data is a hard `Corrupt` error naming the damaged record's segment and offset, never a silent truncation.
+    let targets: [(u64, u64); 5] = [(7, 0), (7, 20), (7, 70), (150, 100), (149, 63)];
+    for (seq, byte) in targets {
+        let sim = SimStorage::new(seq * 1000 + byte);
+        let mut model = Model::default();
+        let (mut journal, _) = sim_open(&sim).expect("open");
+        sim_fill(&mut journal, &mut model, 300, 10);
+        drop(journal);
+        let place = layout_of(&model)[(seq - 1) as usize];
+        assert!(byte < place.bytes);
+        sim.flip_bit(place.segment, place.offset + byte, (byte % 8) as u8);
+        match sim_open(&sim) {
+            Err(JournalError::Corrupt { file, offset, .. }) => {
+                assert_eq!(file, StorageReader::describe(&sim, place.segment));
+                assert_eq!(offset, place.offset, "seq {seq} byte {byte}");
+            }
+            Err(other) => panic!("seq {seq} byte {byte}: {other}"),
+            Ok((_, recovery)) => panic!("seq {seq} byte {byte}: opened: {recovery:?}"),
+        }
+    }
+    // A zeroed header in the last segment looks like the end of the data; the records after
+    // it vouch that it was durable.
+    let sim = SimStorage::new(78);
+    let mut model = Model::default();
+    let (mut journal, _) = sim_open(&sim).expect("open");
+    sim_fill(&mut journal, &mut model, 300, 10);
+    drop(journal);
+    let places = layout_of(&model);
+    let last_segment = places[299].segment;
+    let place = *places
+        .iter()
+        .find(|p| p.segment == last_segment && p.offset > 64)
+        .expect("a record after the first in the last segment");
+    sim.overwrite(place.segment, place.offset, &[0; HEADER_LEN]);
+    match sim_open(&sim) {
+        Err(JournalError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, StorageReader::describe(&sim, place.segment));
+            assert_eq!(offset, place.offset);
+        }
+        other => panic!("zeroed durable header: {:?}", other.map(|(_, r)| r)),
+    }
+    // A damaged segment header of a durable segment names offset 0 of that segment.
+    let sim = SimStorage::new(77);
+    let mut model = Model::default();
+    let (mut journal, _) = sim_open(&sim).expect("open");
+    sim_fill(&mut journal, &mut model, 300, 10);
+    drop(journal);
+    let segment = layout_of(&model)[100].segment;
+    sim.flip_bit(segment, 40, 2);
+    match sim_open(&sim) {
+        Err(JournalError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, StorageReader::describe(&sim, segment));
+            assert_eq!(offset, 0);
+        }
+        other => panic!("damaged segment header: {:?}", other.map(|(_, r)| r)),
+    }
+}
+
+#[test]
+fn sim_torn_tail_is_truncated_reported_and_appends_continue_the_chain() {
+    // Proves: a crash after unflushed appends recovers every durable record, zeroes and reports the torn rest, and new appends continue the chain.
+    let mut truncated_somewhere = false;
+    for seed in 0..40u64 {
+        let sim = SimStorage::new(seed);
+        let mut model = Model::default();
+        let (mut journal, _) = sim_open(&sim).expect("open");
+        sim_fill(&mut journal, &mut model, 50 + seed, 50 + seed);
+        let durable = journal.durable_seq();
+        // Short tails stay in the last segment, long ones span segments.
+        sim_fill(&mut journal, &mut model, 2 + (seed * 7) % 60, u64::MAX);
+        drop(journal);
+        sim.crash();
+        let before = image(&sim);
+        let (mut journal, recovery) = sim_open(&sim).expect("a torn tail opens");
+        assert!(recovery.last_seq >= durable, "seed {seed}");
+        check_journal(&journal, &model, 1);
+        let after = image(&sim);
+        if before != after {
+            assert!(
+                recovery.truncated_bytes > 0 || !recovery.removed_segments.is_empty(),
+                "seed {seed}: recovery changed the disk without reporting it: {recovery:?}"
+            );
+        }
+        truncated_somewhere |= recovery.truncated_bytes > 0;
+        // Nothing but zeros is left after the recovered data.
+        model.truncate(recovery.last_seq);
+        let end = layout_of(&model)
+            .last()
+            .map(|p| (p.segment, p.offset + p.padded));
+        let (end_segment, end_offset) = end.expect("records");
+        for (id, bytes) in &after {
+            assert!(
+                *id <= end_segment || *id == recovery.last_seq + 1,
+                "seed {seed}: segment {id} left after the recovered data"
+            );
+            let from = match *id {
+                id if id == end_segment => end_offset as usize,
+                id if id > end_segment => payu_journal::SEGMENT_HEADER_LEN as usize,
+                _ => continue,
+            };
+            assert!(
+                bytes[from..].iter().all(|&b| b == 0),
+                "seed {seed}: garbage left in segment {id}"
+            );
+        }
+        for _ in 0..40 {
+            model.append(&mut journal, 333);
+        }
+        journal.flush().expect("flush");
+        drop(journal);
+        sim.crash();
+        let (journal, recovery) = sim_open(&sim).expect("reopen");
+        assert_eq!(recovery.last_seq, model.next_seq() - 1, "seed {seed}");
+        check_journal(&journal, &model, 1);
+    }
+    assert!(truncated_somewhere, "some seed tore a tail");
+}
+
+#[test]
+fn sim_failed_flush_is_never_reported_durable() {
+    // Proves: a failed flush returns Err, keeps `durable_seq`, poisons appends and flushes, and a crash keeps every record flushed before it.
+    for seed in 0..8 {
+        let sim = SimStorage::new(seed);
+        let mut model = Model::default();
+        let (mut journal, _) = sim_open(&sim).expect("open");
+        sim_fill(&mut journal, &mut model, 80, 20);
+        let durable = journal.durable_seq();
+        assert_eq!(durable, 80);
+        let mut reader = journal.reader(1).expect("reader");
+        sim.fail_next_flushes(1);
+        sim_fill(&mut journal, &mut model, 30, u64::MAX);
+        assert!(matches!(journal.flush(), Err(JournalError::Io { .. })));
+        assert_eq!(journal.durable_seq(), durable);
+        assert!(matches!(
+            journal.append(9, 0, b"after"),
+            Err(JournalError::Poisoned)
+        ));
+        assert!(matches!(journal.flush(), Err(JournalError::Poisoned)));
+        let mut read = 0;
+        while let Some(record) = reader.next().expect("read") {
+            read = record.header.seq;
+        }
+        assert_eq!(read, durable, "readers never see the failed batch");
+        drop(reader);
+        drop(journal);
+        sim.crash();
+        let (journal, recovery) = sim_open(&sim).expect("reopen");
+        assert!(recovery.last_seq >= durable, "seed {seed}");
+        check_journal(&journal, &model, 1);
+    }
+}
+
+#[test]
+fn sim_failed_flush_then_reopen_without_crash_makes_recovered_records_durable() {
+    // Proves: records that a failed flush dropped but that still read back are made durable by recovery before it reports them durable.
+    for seed in 0..8 {
+        let sim = SimStorage::new(seed);
+        let mut model = Model::default();
+        let (mut journal, _) = sim_open(&sim).expect("open");
+        sim_fill(&mut journal, &mut model, 40, 20);
+        sim.fail_next_flushes(1);
+        sim_fill(&mut journal, &mut model, 50, u64::MAX);
+        assert!(journal.flush().is_err());
+        drop(journal);
+        // Reopened in the same boot: the dropped writes still read back.
+        let (mut journal, recovery) = sim_open(&sim).expect("reopen");
+        assert_eq!(recovery.last_seq, 90);
+        model.append(&mut journal, 100);
+        assert_eq!(journal.flush().expect("flush"), 91);
+        drop(journal);
+        sim.crash();
+        let (journal, recovery) = sim_open(&sim)
+            .unwrap_or_else(|e| panic!("seed {seed}: durable records were lost: {e}"));
+        assert_eq!(recovery.last_seq, 91, "seed {seed}");
+        check_journal(&journal, &model, 1);
+    }
+}
+
+#[test]
+fn sim_process_death_then_power_loss_keeps_what_recovery_reported() {
+    // Proves: after a process dies with unflushed appends in several segments, recovery makes what it found durable before reporting it so.
+    for seed in 0..8 {
+        let sim = SimStorage::new(seed);
+        let mut model = Model::default();
+        let (mut journal, _) = sim_open(&sim).expect("open");
+        sim_fill(&mut journal, &mut model, 20, 20);
+        sim_fill(&mut journal, &mut model, 100, u64::MAX);
+        assert!(
+            segments(&journal).len() >= 3,
+            "the unflushed batch spans segments"
+        );
+        drop(journal); // the process dies; the page cache (sim volatile image) keeps its writes
+        let (mut journal, recovery) = sim_open(&sim).expect("reopen");
+        assert_eq!(recovery.last_seq, 120);
+        model.append(&mut journal, 100);
+        assert_eq!(journal.flush().expect("flush"), 121);
+        drop(journal);
+        sim.crash(); // then the power goes
+        let (journal, recovery) = sim_open(&sim)
+            .unwrap_or_else(|e| panic!("seed {seed}: durable records were lost: {e}"));
+        assert_eq!(recovery.last_seq, 121, "seed {seed}");
+        check_journal(&journal, &model, 1);
+    }
+}
