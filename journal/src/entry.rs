@@ -94,3 +94,93 @@ pub fn replay<R: StorageReader>(
     }
     Ok(applied)
 }
+
+/// What `restore_engine` rebuilt.
+#[derive(Debug)]
+pub struct Restored {
+    pub engine: Engine,
+    /// The seq of the snapshot it started from; `None` when it started from genesis.
+    pub snapshot_seq: Option<u64>,
+    /// Journal records applied after the snapshot.
+    pub replayed: u64,
+    /// Newer snapshot files passed over, with the reason for each.
+    pub rejected_snapshots: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum RestoreError {
+    Config(String),
+    Snapshots(std::io::Error),
+    Snapshot {
+        path: String,
+        error: payu_engine::SnapshotError,
+    },
+    /// The snapshot includes records the journal does not have as durable: it was taken of
+    /// state that never became durable, or the journal lost its tail.
+    SnapshotAhead {
+        snapshot_seq: u64,
+        durable_seq: u64,
+    },
+    Journal(JournalError),
+    Replay(ReplayError),
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreError::Config(reason) => write!(f, "engine configuration: {reason}"),
+            RestoreError::Snapshots(error) => write!(f, "listing snapshots: {error}"),
+            RestoreError::Snapshot { path, error } => write!(f, "snapshot {path}: {error}"),
+            RestoreError::SnapshotAhead {
+                snapshot_seq,
+                durable_seq,
+            } => write!(
+                f,
+                "snapshot at seq {snapshot_seq} is ahead of the journal's durable seq {durable_seq}"
+            ),
+            RestoreError::Journal(error) => write!(f, "journal: {error}"),
+            RestoreError::Replay(error) => write!(f, "replay: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for RestoreError {}
+
+/// Restart: the newest valid snapshot (or a fresh engine from `genesis` when there is none),
+/// then every durable journal record after it, each outcome checked against the journaled one.
+pub fn restore_engine<S: crate::Storage>(
+    snapshots: &crate::SnapshotStore,
+    journal: &crate::Journal<S>,
+    genesis: payu_engine::EngineConfig,
+) -> Result<Restored, RestoreError> {
+    genesis.validate().map_err(RestoreError::Config)?;
+    let (newest, rejected_snapshots) = snapshots.load_newest().map_err(RestoreError::Snapshots)?;
+    let (mut engine, snapshot_seq) = match newest {
+        Some(file) => {
+            let engine = Engine::restore(&file.bytes).map_err(|error| RestoreError::Snapshot {
+                path: file.path.display().to_string(),
+                error,
+            })?;
+            (engine, Some(file.seq))
+        }
+        None => (Engine::new(genesis), None),
+    };
+    let durable_seq = journal.durable_seq();
+    if engine.last_seq() > durable_seq {
+        let snapshot_seq = engine.last_seq();
+        return Err(RestoreError::SnapshotAhead {
+            snapshot_seq,
+            durable_seq,
+        });
+    }
+    let mut reader = journal
+        .reader(engine.last_seq() + 1)
+        .map_err(RestoreError::Journal)?;
+    let replayed = replay(&mut engine, &mut reader).map_err(RestoreError::Replay)?;
+    Ok(Restored {
+        engine,
+        snapshot_seq,
+        replayed,
+        rejected_snapshots,
+    })
+}

@@ -18,7 +18,9 @@ mod sim;
 mod snapshot;
 mod storage;
 
-pub use entry::{Entry, ReplayError, decode_entry, encode_entry, replay};
+pub use entry::{
+    Entry, ReplayError, RestoreError, Restored, decode_entry, encode_entry, replay, restore_engine,
+};
 pub use flush::FlushMode;
 pub use journal::{
     Journal, JournalConfig, JournalError, READERS_MAX, Recovery, SEGMENT_BYTES_DEFAULT,

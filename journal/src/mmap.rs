@@ -32,6 +32,8 @@ struct Mapped {
 #[derive(Debug)]
 pub struct MmapStorage {
     dir: PathBuf,
+    /// Retention moves removed segments here instead of deleting them.
+    archive: Option<PathBuf>,
     mapped: BTreeMap<u64, Mapped>,
     flusher: Flusher,
     spare: Option<SpareMaker>,
@@ -46,10 +48,19 @@ impl MmapStorage {
         remove_spares(dir)?; // a spare from an earlier run is untrusted
         Ok(MmapStorage {
             dir: dir.to_path_buf(),
+            archive: None,
             mapped: BTreeMap::new(),
             flusher,
             spare: None,
         })
+    }
+
+    /// Retention policy "archive": segments that are removed are moved (renamed) into
+    /// `archive`, which must be on the same filesystem, instead of being deleted.
+    pub fn with_archive(mut self, archive: &Path) -> io::Result<MmapStorage> {
+        fs::create_dir_all(archive)?;
+        self.archive = Some(archive.to_path_buf());
+        Ok(self)
     }
 
     /// "io_uring" or "syscall": which flush backend start-up chose.
@@ -168,7 +179,12 @@ impl Storage for MmapStorage {
 
     fn remove(&mut self, segment: u64) -> io::Result<()> {
         self.mapped.remove(&segment);
-        fs::remove_file(self.path(segment))?;
+        if let Some(archive) = &self.archive {
+            fs::rename(self.path(segment), segment_path(archive, segment))?;
+            File::open(archive)?.sync_all()?;
+        } else {
+            fs::remove_file(self.path(segment))?;
+        }
         self.sync_dir()
     }
 }

@@ -11,8 +11,8 @@ use payu_engine::{
     Transfer, Withdrawal,
 };
 use payu_journal::{
-    Entry, FlushMode, Journal, JournalConfig, MmapStorage, ReplayError, SNAPSHOTS_KEPT,
-    SnapshotStore, encode_entry, replay,
+    Entry, FlushMode, Journal, JournalConfig, JournalError, MmapStorage, ReplayError, RestoreError,
+    SNAPSHOTS_KEPT, SnapshotStore, encode_entry, replay, restore_engine,
 };
 
 fn snapshot_files(dir: &Path) -> Vec<String> {
@@ -204,18 +204,114 @@ fn run(dir: &Path, tamper: impl Fn(u64, &mut Entry)) -> Engine {
     engine
 }
 
-/// Recovery: the newest snapshot, then the journal after it.
+/// Recovery: the newest snapshot, then the journal after it (`restore_engine`).
 fn recover(dir: &Path) -> (Engine, Result<u64, ReplayError>) {
     let journal = open_journal(&dir.join("journal"));
     let snapshots = SnapshotStore::open(&dir.join("snapshots")).expect("snapshots");
-    let (snapshot, rejected) = snapshots.load_newest().expect("load");
-    assert!(rejected.is_empty(), "{rejected:?}");
-    let snapshot = snapshot.expect("a snapshot");
-    let mut engine = Engine::restore(&snapshot.bytes).expect("restore");
-    assert_eq!(engine.last_seq(), snapshot.seq);
-    let mut reader = journal.reader(snapshot.seq + 1).expect("reader");
-    let replayed = replay(&mut engine, &mut reader);
-    (engine, replayed)
+    let snapshot = snapshots
+        .load_newest()
+        .expect("load")
+        .0
+        .expect("a snapshot");
+    match restore_engine(&snapshots, &journal, EngineConfig::default()) {
+        Ok(restored) => {
+            assert_eq!(restored.snapshot_seq, Some(snapshot.seq));
+            assert!(restored.rejected_snapshots.is_empty());
+            (restored.engine, Ok(restored.replayed))
+        }
+        Err(RestoreError::Replay(error)) => {
+            // Replay stopped part way: rebuild the engine to where it stopped, for inspection.
+            let mut engine = Engine::restore(&snapshot.bytes).expect("restore");
+            let mut reader = journal.reader(snapshot.seq + 1).expect("reader");
+            let again = replay(&mut engine, &mut reader);
+            assert_eq!(format!("{again:?}"), format!("{:?}", Err::<u64, _>(error)));
+            (engine, again)
+        }
+        Err(other) => panic!("restore failed: {other}"),
+    }
+}
+
+#[test]
+fn restart_without_a_snapshot_replays_from_genesis_and_refuses_inconsistent_inputs() {
+    // Proves: with no snapshot, restore_engine replays the whole journal; a snapshot ahead of
+    // the journal, or a journal that no longer reaches back to the snapshot, is an error.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = run(dir.path(), |_, _| {});
+    let journal = open_journal(&dir.path().join("journal"));
+    let empty = SnapshotStore::open(&dir.path().join("no-snapshots")).expect("snapshots");
+    let restored = restore_engine(&empty, &journal, EngineConfig::default()).expect("restore");
+    assert_eq!((restored.snapshot_seq, restored.replayed), (None, COMMANDS));
+    assert_eq!(restored.engine, original);
+
+    let ahead = SnapshotStore::open(&dir.path().join("ahead")).expect("snapshots");
+    let mut further = original.clone();
+    further.apply(
+        further.last_seq() + 1,
+        further.last_timestamp(),
+        &command(1),
+    );
+    ahead
+        .save(further.last_seq(), &further.snapshot())
+        .expect("save");
+    match restore_engine(&ahead, &journal, EngineConfig::default()) {
+        Err(RestoreError::SnapshotAhead {
+            snapshot_seq,
+            durable_seq,
+        }) => {
+            assert_eq!((snapshot_seq, durable_seq), (COMMANDS + 1, COMMANDS));
+        }
+        other => panic!("expected SnapshotAhead, got {other:?}"),
+    }
+    let bad_genesis = EngineConfig {
+        tiers: Vec::new(),
+        ..EngineConfig::default()
+    };
+    let refused = restore_engine(&empty, &journal, bad_genesis);
+    assert!(
+        matches!(refused, Err(RestoreError::Config(_))),
+        "{refused:?}"
+    );
+
+    // Retention removes the early segments: replay from genesis can no longer start.
+    let mut journal = journal;
+    let removed = journal.remove_covered(COMMANDS).expect("retention");
+    assert!(!removed.is_empty());
+    let gone = restore_engine(&empty, &journal, EngineConfig::default());
+    assert!(
+        matches!(
+            gone,
+            Err(RestoreError::Journal(JournalError::Unavailable { .. }))
+        ),
+        "{gone:?}"
+    );
+}
+
+#[test]
+fn retention_can_archive_instead_of_delete() {
+    // Proves: with an archive directory, retention moves whole covered segments there intact.
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(dir.path(), |_, _| {});
+    let archive = dir.path().join("archive");
+    let storage = MmapStorage::open(&dir.path().join("journal"), FlushMode::Auto)
+        .and_then(|s| s.with_archive(&archive))
+        .expect("storage");
+    let (mut journal, _) = Journal::open(storage, journal_config()).expect("journal");
+    let removed = journal.remove_covered(COMMANDS).expect("retention");
+    assert!(!removed.is_empty());
+    for segment in &removed {
+        let archived = payu_journal::segment_path(&archive, *segment);
+        let length = fs::metadata(&archived).expect("archived segment").len();
+        assert_eq!(length, journal_config().segment_bytes);
+        assert!(!payu_journal::segment_path(&dir.path().join("journal"), *segment).exists());
+    }
+    assert_eq!(
+        journal.first_seq(),
+        *journal_segments(&journal).first().expect("a segment")
+    );
+}
+
+fn journal_segments(journal: &Journal<MmapStorage>) -> Vec<u64> {
+    payu_journal::Storage::segments(journal.storage()).expect("segments")
 }
 
 #[test]
