@@ -5,6 +5,7 @@
 //! the machine and build it was measured on, so numbers copied out of context stay honest.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -52,6 +53,22 @@ impl Latency {
             "latency_samples": self.histogram.len(),
         })
     }
+
+    /// p50, p99, p999 and max in microseconds under `{prefix}_p50_us` and so on, for a line
+    /// that reports more than one latency.
+    pub fn prefixed_summary(&self, prefix: &str) -> Value {
+        let fields = [
+            ("p50", self.quantile_us(0.50)),
+            ("p99", self.quantile_us(0.99)),
+            ("p999", self.quantile_us(0.999)),
+            ("max", self.max_us()),
+        ];
+        fields
+            .into_iter()
+            .map(|(name, us)| (format!("{prefix}_{name}_us"), Value::from(us)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
 }
 
 fn nanos_to_us(nanos: u64) -> f64 {
@@ -75,6 +92,69 @@ fn cpu_model() -> Option<String> {
         .find(|line| line.starts_with("model name"))?;
     let (_, model) = line.split_once(':')?;
     Some(model.trim().to_string())
+}
+
+/// The file system holding `path` (type and device, from /proc/self/mounts), where Linux
+/// tells: a tmpfs or overlay directory would make every flush number meaningless.
+pub fn filesystem(path: &Path) -> Option<String> {
+    mount_of(path).map(|mount| format!("{} on {}", mount.kind, mount.device))
+}
+
+struct Mount {
+    device: String,
+    kind: String,
+}
+
+/// The innermost mount holding `path`.
+fn mount_of(path: &Path) -> Option<Mount> {
+    let path = path.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (device, mount_point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            let mount = Mount {
+                device: device.to_string(),
+                kind: kind.to_string(),
+            };
+            path.starts_with(mount_point)
+                .then_some((mount_point.len(), mount))
+        })
+        .max_by_key(|(depth, _)| *depth)
+        .map(|(_, mount)| mount)
+}
+
+/// Bytes written to the block device under a directory, from /proc/diskstats: what flushes
+/// really cost the disk, write amplification included. Device-wide, so other processes'
+/// writes count too.
+pub struct DeviceWrites {
+    /// The device's name in /proc/diskstats (`vda`, `nvme0n1p2`, `dm-0`).
+    name: String,
+}
+
+impl DeviceWrites {
+    /// `None` where the directory is not on a block device Linux reports (tmpfs, overlay).
+    pub fn for_path(path: &Path) -> Option<DeviceWrites> {
+        let device = Path::new(&mount_of(path)?.device).canonicalize().ok()?;
+        let name = device.file_name()?.to_str()?.to_string();
+        let writes = DeviceWrites { name };
+        writes.bytes_written().map(|_| writes)
+    }
+
+    pub fn bytes_written(&self) -> Option<u64> {
+        /// /proc/diskstats counts 512-byte sectors whatever the device's sector size.
+        const SECTOR_BYTES: u64 = 512;
+        let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
+        stats.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(2) != Some(&self.name.as_str()) {
+                return None;
+            }
+            let sectors: u64 = fields.get(9)?.parse().ok()?;
+            Some(sectors * SECTOR_BYTES)
+        })
+    }
 }
 
 /// "release" or "debug": a debug build's numbers are not comparable to anything.
@@ -133,6 +213,33 @@ mod tests {
         assert!((499.0..=501.0).contains(&p50), "p50 {p50}");
         assert!((989.0..=991.0).contains(&p99), "p99 {p99}");
         assert_eq!(summary["latency_samples"], 1000);
+    }
+
+    #[test]
+    fn filesystem_of_the_current_directory_is_named_on_linux() {
+        // The journal benchmark names the file system it flushed to; on Linux it must resolve.
+        if cfg!(target_os = "linux") {
+            let description = filesystem(Path::new(".")).expect("a mount holds the cwd");
+            assert!(description.contains(" on "), "{description}");
+        }
+    }
+
+    #[test]
+    fn device_writes_grow_after_a_synced_write() {
+        // The write-amplification report depends on /proc/diskstats; where the temp dir is on a
+        // block device, a synced 64 KiB write must show up in its counter.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(writes) = DeviceWrites::for_path(dir.path()) else {
+            return; // tmpfs, overlay or not Linux: the report says null.
+        };
+        let before = writes.bytes_written().expect("counter readable");
+        let path = dir.path().join("probe");
+        std::fs::write(&path, vec![1u8; 64 << 10]).expect("write");
+        std::fs::File::open(&path)
+            .and_then(|file| file.sync_all())
+            .expect("sync");
+        let after = writes.bytes_written().expect("counter readable");
+        assert!(after >= before + (64 << 10), "{before} -> {after}");
     }
 
     #[test]
