@@ -28,7 +28,7 @@ use anyhow::{Context, ensure};
 use payu_engine::Engine;
 use payu_journal::{
     FlushMode, Journal, JournalConfig, MmapStorage, SEGMENT_BYTES_MIN, SEGMENT_HEADER_LEN, Storage,
-    decode_entry, record_len, replay,
+    WriteMode, decode_entry, record_len, replay,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -84,6 +84,9 @@ pub struct JournalArgs {
     /// Flush backend: probe io_uring and fall back to the syscall, or force one.
     #[arg(long, value_enum, default_value = "auto")]
     pub flush_mode: FlushModeArg,
+    /// How appends reach the segment file: one pwrite per group commit, or memcpy into a map.
+    #[arg(long, value_enum, default_value = "pwrite")]
+    pub write_mode: WriteModeArg,
     /// Journal segment size in MiB (each segment is preallocated and zero-filled).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=SEGMENT_MIB_MAX))]
     pub segment_mib: u64,
@@ -112,6 +115,28 @@ impl From<FlushModeArg> for FlushMode {
     }
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteModeArg {
+    Pwrite,
+    Map,
+}
+
+impl From<WriteModeArg> for WriteMode {
+    fn from(mode: WriteModeArg) -> WriteMode {
+        match mode {
+            WriteModeArg::Pwrite => WriteMode::Pwrite,
+            WriteModeArg::Map => WriteMode::Map,
+        }
+    }
+}
+
+fn write_mode_name(mode: WriteMode) -> &'static str {
+    match mode {
+        WriteMode::Pwrite => "pwrite",
+        WriteMode::Map => "map",
+    }
+}
+
 /// The mode as the command line spells it.
 fn flush_mode_name(mode: FlushMode) -> &'static str {
     match mode {
@@ -132,6 +157,7 @@ pub struct Settings {
     /// Ascending and distinct: the last is the one replayed.
     pub batch_sizes: Vec<u32>,
     pub flush_mode: FlushMode,
+    pub write_mode: WriteMode,
     pub segment_bytes: u64,
     pub accounts: u32,
     pub seed: u64,
@@ -156,6 +182,7 @@ impl Settings {
             records_unbatched: args.records_unbatched,
             batch_sizes,
             flush_mode: args.flush_mode.into(),
+            write_mode: args.write_mode.into(),
             segment_bytes: args.segment_mib << 20,
             accounts: args.accounts,
             seed: args.seed,
@@ -270,6 +297,7 @@ fn context_fields(settings: &Settings, history: &History, dir: &Path) -> Value {
         "seed": settings.seed,
         "segment_bytes": settings.segment_bytes,
         "flush_mode": flush_mode_name(settings.flush_mode),
+        "write_mode": write_mode_name(settings.write_mode),
         "payload_bytes": history.transfer_payload_bytes(),
         "record_bytes": record_len(history.transfer_payload_bytes()),
         "payload": "rkyv Entry { command: Transfer with a unique idempotency key, outcome: Posted }, \
@@ -492,7 +520,8 @@ fn run_append(
         plan.records, plan.batch
     );
     let storage = MmapStorage::open(dir, settings.flush_mode)
-        .with_context(|| format!("opening journal storage in {}", dir.display()))?;
+        .with_context(|| format!("opening journal storage in {}", dir.display()))?
+        .with_write_mode(settings.write_mode);
     let flush_backend = storage.flush_backend();
     let (mut journal, recovery) = Journal::open(storage, settings.journal_config())?;
     ensure!(
@@ -620,7 +649,8 @@ fn run_recovery(
     eprintln!("payu-bench journal: reopening and reading {expected} records");
     let started = Instant::now();
     let storage = MmapStorage::open(dir, settings.flush_mode)
-        .with_context(|| format!("reopening journal storage in {}", dir.display()))?;
+        .with_context(|| format!("reopening journal storage in {}", dir.display()))?
+        .with_write_mode(settings.write_mode);
     let (journal, recovery) = Journal::open(storage, settings.journal_config())?;
     let open_seconds = started.elapsed().as_secs_f64();
     ensure!(
@@ -725,6 +755,7 @@ mod tests {
             records_unbatched: 40,
             batch_sizes: vec![1, 64, 512],
             flush_mode: FlushMode::Auto,
+            write_mode: WriteMode::Pwrite,
             // Small segments, so the runs roll segments and replay crosses them.
             segment_bytes: 64 << 10,
             accounts: 32,

@@ -108,9 +108,15 @@ impl std::fmt::Display for JournalError {
 
 impl std::error::Error for JournalError {}
 
-pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> JournalError {
-    let context = context.into();
-    move |source| JournalError::Io { context, source }
+/// Wraps an I/O error with context, built only if there is an error (recovery and readers
+/// call this once per record).
+pub(crate) fn io_error<C: Into<String>>(
+    context: impl FnOnce() -> C,
+) -> impl FnOnce(io::Error) -> JournalError {
+    move |source| JournalError::Io {
+        context: context().into(),
+        source,
+    }
 }
 
 /// What `open` found and did.
@@ -211,7 +217,7 @@ impl<S: Storage> Journal<S> {
         self.segments = self
             .storage
             .segments()
-            .map_err(io_error("listing segments"))?;
+            .map_err(io_error(|| "listing segments"))?;
         let mut recovery = Recovery {
             first_seq: 1,
             last_seq: 0,
@@ -265,10 +271,10 @@ impl<S: Storage> Journal<S> {
             reader
                 .open(segment)
                 .and_then(|s| s.read_at(start, &mut bytes))
-                .map_err(io_error(format!("reading {}", reader.describe(segment))))?;
+                .map_err(io_error(|| format!("reading {}", reader.describe(segment))))?;
             self.storage
                 .write(segment, start, &bytes)
-                .map_err(io_error(format!("rewriting segment {segment}")))?;
+                .map_err(io_error(|| format!("rewriting segment {segment}")))?;
             self.dirty.insert(segment);
         }
         Ok(())
@@ -286,12 +292,12 @@ impl<S: Storage> Journal<S> {
         let describe = || reader.describe(id);
         let segment = reader
             .open(id)
-            .map_err(io_error(format!("opening {}", describe())))?;
+            .map_err(io_error(|| format!("opening {}", describe())))?;
         let mut cursor =
-            Cursor::new(segment).map_err(io_error(format!("reading {}", describe())))?;
+            Cursor::new(segment).map_err(io_error(|| format!("reading {}", describe())))?;
         let header_bytes = cursor
             .header()
-            .map_err(io_error(format!("reading {}", describe())))?;
+            .map_err(io_error(|| format!("reading {}", describe())))?;
         match SegmentHeader::decode(&header_bytes) {
             Ok(h)
                 if h.first_seq == id
@@ -322,7 +328,7 @@ impl<S: Storage> Journal<S> {
         loop {
             let found = cursor
                 .record_at(offset)
-                .map_err(io_error(format!("reading {}", describe())))?;
+                .map_err(io_error(|| format!("reading {}", describe())))?;
             match found {
                 Found::End => break,
                 Found::Invalid(error) => {
@@ -354,7 +360,7 @@ impl<S: Storage> Journal<S> {
         if last
             && cursor
                 .any_nonzero_from(offset)
-                .map_err(io_error(format!("reading {}", describe())))?
+                .map_err(io_error(|| format!("reading {}", describe())))?
         {
             let reason = "bytes after the end of the data".to_string();
             return Ok(Scan::Damaged { offset, reason });
@@ -418,7 +424,7 @@ impl<S: Storage> Journal<S> {
         for &later in &self.segments[index + 1..] {
             self.storage
                 .remove(later)
-                .map_err(io_error(format!("removing segment {later}")))?;
+                .map_err(io_error(|| format!("removing segment {later}")))?;
             recovery.removed_segments.push(later);
         }
         self.segments.truncate(index + 1);
@@ -426,7 +432,7 @@ impl<S: Storage> Journal<S> {
             // The segment's own header is damaged and nothing in it was durable: start it over.
             self.storage
                 .remove(id)
-                .map_err(io_error(format!("removing segment {id}")))?;
+                .map_err(io_error(|| format!("removing segment {id}")))?;
             recovery.removed_segments.push(id);
             self.segments.pop();
             recovery.truncated_bytes += self.config.segment_bytes;
@@ -435,11 +441,11 @@ impl<S: Storage> Journal<S> {
             let length = self
                 .storage
                 .segment_len(id)
-                .map_err(io_error(format!("sizing segment {id}")))?;
+                .map_err(io_error(|| format!("sizing segment {id}")))?;
             let zeros = vec![0u8; (length - offset) as usize];
             self.storage
                 .write(id, offset, &zeros)
-                .map_err(io_error(format!("zeroing segment {id}")))?;
+                .map_err(io_error(|| format!("zeroing segment {id}")))?;
             self.dirty.insert(id);
             recovery.truncated_bytes += zeros.len() as u64;
             self.write_offset = offset;
@@ -455,7 +461,7 @@ impl<S: Storage> Journal<S> {
         let length = self.config.segment_bytes;
         self.storage
             .create(first_seq, length)
-            .map_err(io_error(format!("creating segment {first_seq}")))?;
+            .map_err(io_error(|| format!("creating segment {first_seq}")))?;
         let header = SegmentHeader {
             first_seq,
             length,
@@ -464,7 +470,7 @@ impl<S: Storage> Journal<S> {
         .encode();
         self.storage
             .write(first_seq, 0, &header)
-            .map_err(io_error(format!("writing segment {first_seq}")))?;
+            .map_err(io_error(|| format!("writing segment {first_seq}")))?;
         self.segments.push(first_seq);
         self.dirty.insert(first_seq);
         self.write_offset = SEGMENT_HEADER_LEN;
@@ -658,7 +664,7 @@ impl<S: Storage> Journal<S> {
             let segment = self.segments[0];
             self.storage
                 .remove(segment)
-                .map_err(io_error(format!("removing segment {segment}")))?;
+                .map_err(io_error(|| format!("removing segment {segment}")))?;
             self.segments.remove(0);
             removed.push(segment);
         }
@@ -714,9 +720,9 @@ fn find_durable_evidence<R: StorageReader>(
     for (position, &id) in segments.iter().enumerate() {
         let segment = reader
             .open(id)
-            .map_err(io_error(format!("opening {}", reader.describe(id))))?;
-        let mut cursor =
-            Cursor::new(segment).map_err(io_error(format!("reading {}", reader.describe(id))))?;
+            .map_err(io_error(|| format!("opening {}", reader.describe(id))))?;
+        let mut cursor = Cursor::new(segment)
+            .map_err(io_error(|| format!("reading {}", reader.describe(id))))?;
         let mut at = if position == 0 {
             offset + RECORD_ALIGN as u64
         } else {
@@ -726,7 +732,7 @@ fn find_durable_evidence<R: StorageReader>(
         while at + HEADER_LEN as u64 <= cursor.length() {
             let magic = cursor
                 .bytes(at, 4)
-                .map_err(io_error("scanning for evidence"))?;
+                .map_err(io_error(|| "scanning for evidence"))?;
             if magic == crate::record::RECORD_MAGIC.to_le_bytes() {
                 if let Ok(Found::Record { header, .. }) = cursor.record_at(at) {
                     if header.durable_watermark >= seq {

@@ -26,7 +26,7 @@ pub use journal::{
     Journal, JournalConfig, JournalError, READERS_MAX, Recovery, SEGMENT_BYTES_DEFAULT,
     SEGMENT_BYTES_MIN,
 };
-pub use mmap::{FileReader, MmapStorage, segment_path};
+pub use mmap::{FileReader, MmapStorage, PENDING_BYTES_MAX, WriteMode, segment_path};
 pub use reader::{Reader, RecordRef};
 pub use record::{
     HEADER_LEN, PAYLOAD_BYTES_MAX, RECORD_ALIGN, RecordError, RecordHeader, RecordKind,

@@ -82,7 +82,7 @@ impl<R: StorageReader> Reader<R> {
         let segments = self
             .storage
             .segments()
-            .map_err(io_error("listing segments"))?;
+            .map_err(io_error(|| "listing segments"))?;
         let segment = segments.iter().rev().find(|&&first| first <= seq).copied();
         let first = segments.first().copied().unwrap_or(1);
         let segment = segment.ok_or(JournalError::Unavailable {
@@ -98,8 +98,8 @@ impl<R: StorageReader> Reader<R> {
         let file = self
             .storage
             .open(segment)
-            .map_err(io_error(format!("opening {describe}")))?;
-        self.cursor = Some(Cursor::new(file).map_err(io_error(format!("reading {describe}")))?);
+            .map_err(io_error(|| format!("opening {describe}")))?;
+        self.cursor = Some(Cursor::new(file).map_err(io_error(|| format!("reading {describe}")))?);
         self.segment = segment;
         self.offset = SEGMENT_HEADER_LEN;
         Ok(())
@@ -130,7 +130,7 @@ impl<R: StorageReader> Reader<R> {
             let cursor = self.cursor.as_mut().expect("positioned by seek");
             let bytes = cursor
                 .bytes(offset, HEADER_LEN + length)
-                .map_err(io_error("reading record"))?;
+                .map_err(io_error(|| "reading record"))?;
             return Ok(Some(RecordRef { header, bytes }));
         }
     }
@@ -164,7 +164,7 @@ impl<R: StorageReader> Reader<R> {
         let cursor = self.cursor.as_mut().expect("positioned by seek");
         let found = cursor
             .record_at(self.offset)
-            .map_err(io_error("reading record"))?;
+            .map_err(io_error(|| "reading record"))?;
         Ok(match found {
             Found::Record { header, .. } => Peeked::Record(header),
             Found::End => Peeked::End,

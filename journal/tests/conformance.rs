@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Model, Rng, SEGMENT_BYTES, check_journal, config, hash_of, image, layout_of};
 use payu_journal::{
     FlushMode, HEADER_LEN, Journal, JournalConfig, JournalError, MmapStorage, READERS_MAX,
-    RecordHeader, Recovery, SEGMENT_BYTES_MIN, SimStorage, Storage, StorageReader,
+    RecordHeader, Recovery, SEGMENT_BYTES_MIN, SimStorage, Storage, StorageReader, WriteMode,
 };
 
 /// A storage under test and what a crash does to it.
@@ -29,21 +29,29 @@ trait Harness {
     fn crash(&mut self);
 }
 
-struct MmapHarness {
+/// Real files; `MAPPED` picks `WriteMode::Map` (memcpy into the map) over `WriteMode::Pwrite`.
+struct MmapHarness<const MAPPED: bool> {
     dir: tempfile::TempDir,
 }
 
-impl Harness for MmapHarness {
+impl<const MAPPED: bool> Harness for MmapHarness<MAPPED> {
     type S = MmapStorage;
 
-    fn fresh(_seed: u64) -> MmapHarness {
+    fn fresh(_seed: u64) -> MmapHarness<MAPPED> {
         MmapHarness {
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
 
     fn storage(&self) -> MmapStorage {
-        MmapStorage::open(self.dir.path(), FlushMode::Auto).expect("open journal dir")
+        let mode = if MAPPED {
+            WriteMode::Map
+        } else {
+            WriteMode::Pwrite
+        };
+        MmapStorage::open(self.dir.path(), FlushMode::Auto)
+            .expect("open journal dir")
+            .with_write_mode(mode)
     }
 
     fn crash(&mut self) {
@@ -105,12 +113,21 @@ fn fill<S: Storage>(journal: &mut Journal<S>, model: &mut Model, rng: &mut Rng, 
 
 macro_rules! contract_tests {
     ($($test:ident),* $(,)?) => {
-        mod mmap {
+        mod files_pwrite {
             $(
                 #[test]
                 fn $test() {
-                    // Proves the generic test of the same name against real files.
-                    super::$test::<super::MmapHarness>();
+                    // Proves the generic test of the same name against real files (pwrite).
+                    super::$test::<super::MmapHarness<false>>();
+                }
+            )*
+        }
+        mod files_mapped {
+            $(
+                #[test]
+                fn $test() {
+                    // Proves the generic test of the same name against real files (mmap).
+                    super::$test::<super::MmapHarness<true>>();
                 }
             )*
         }

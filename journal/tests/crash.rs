@@ -41,6 +41,8 @@ fn run_child(dir: &std::path::Path, child_seed: u64, lines: u64) -> Option<u64> 
     let mut child = Command::new(env!("CARGO_BIN_EXE_payu-journal-crash-child"))
         .arg(dir)
         .arg(child_seed.to_string())
+        // Alternate the two ways appends reach the file.
+        .arg(if child_seed % 2 == 0 { "map" } else { "pwrite" })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

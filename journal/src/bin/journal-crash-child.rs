@@ -9,7 +9,7 @@ use std::error::Error;
 use std::io::Write;
 use std::path::PathBuf;
 
-use payu_journal::{FlushMode, Journal, JournalConfig, MmapStorage};
+use payu_journal::{FlushMode, Journal, JournalConfig, MmapStorage, WriteMode};
 
 /// Records one run appends at most, so an unkilled child ends soon.
 const RECORDS_MAX: u64 = 3_000;
@@ -25,10 +25,15 @@ fn payload(seq: u64) -> Vec<u8> {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: payu-journal-crash-child <journal dir> <seed>";
+    let usage = "usage: payu-journal-crash-child <journal dir> <seed> <map|pwrite>";
     let dir = PathBuf::from(args.next().ok_or(usage)?);
     let mut rng: u64 = args.next().ok_or(usage)?.parse()?;
-    let storage = MmapStorage::open(&dir, FlushMode::Auto)?;
+    let write_mode = match args.next().as_deref() {
+        Some("map") => WriteMode::Map,
+        Some("pwrite") => WriteMode::Pwrite,
+        _ => return Err(usage.into()),
+    };
+    let storage = MmapStorage::open(&dir, FlushMode::Auto)?.with_write_mode(write_mode);
     let config = JournalConfig {
         segment_bytes: SEGMENT_BYTES,
     };
