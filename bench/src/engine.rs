@@ -13,16 +13,16 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use payu_engine::{
-    AMOUNT_UNITS_MAX, Account, AccountId, AccountKind, Amount, BATCH_TRANSFERS_MAX, BatchItem,
-    Command, CommandBody, CommandResult, Currency, Deposit, Engine, EngineConfig, IdempotencyKey,
-    OpenAccount, Outcome, OwnerId, RejectCode, TierLimits, Timestamp, Transfer,
+    Account, Amount, BATCH_TRANSFERS_MAX, BatchItem, Command, CommandBody, CommandResult, Engine,
+    EngineConfig, IdempotencyKey, Outcome, RejectCode, TierLimits, Timestamp,
 };
 use serde_json::{Value, json};
 
+use crate::ledger_setup::{self, Submit, UNITS_PER_IDR, opening_balance, transfer};
 use crate::report::{self, Latency};
-use crate::workload::{self, Pick, WorkloadOptions, mix64};
+use crate::workload::{self, Pick, WorkloadOptions};
 
 /// The largest ledger the benchmark builds (the engine's default `accounts_max`); also keeps
 /// customer indexes within `u32`.
@@ -40,10 +40,6 @@ const START_TIMESTAMP_NS: u64 = 1_735_689_600_000_000_000;
 /// The simulated clock advances 1 µs per command; a 24 h idempotency window never expires a
 /// key within a run, so every command pays for a growing window, as under sustained load.
 const TICK_NS: u64 = 1_000;
-/// The settlement account is opened first; customers follow from id 2.
-const SETTLEMENT_ID: AccountId = AccountId(1);
-const FIRST_CUSTOMER_ID: u64 = 2;
-const UNITS_PER_IDR: u64 = 10_000;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct EngineArgs {
@@ -187,11 +183,8 @@ impl Ledger {
         })
     }
 
-    /// A unique key that looks like the gateway's 128-bit hash: the low half is the counter
-    /// (so keys never collide), the high half a mix of it (so hashing sees spread-out bits).
     fn next_key(&self) -> IdempotencyKey {
-        let n = self.seq + 1;
-        IdempotencyKey((u128::from(mix64(n)) << 64) | u128::from(n))
+        ledger_setup::idempotency_key(self.seq + 1)
     }
 
     fn apply(&mut self, command: &Command) -> Outcome {
@@ -207,32 +200,11 @@ impl Ledger {
         };
         self.apply(&command)
     }
+}
 
-    fn open_account(&mut self, kind: AccountKind, owner: u128) -> anyhow::Result<AccountId> {
-        let body = CommandBody::OpenAccount(OpenAccount {
-            owner: OwnerId(owner),
-            kind,
-            tier: 0,
-            currency: Currency::IDR,
-            overdraft_limit: Amount::ZERO,
-        });
-        match self.apply_body(body).result {
-            CommandResult::AccountOpened { account } => Ok(account),
-            other => bail!("opening a {kind:?} account failed: {other:?}"),
-        }
-    }
-
-    fn deposit(&mut self, account: AccountId, amount: Amount) -> anyhow::Result<()> {
-        let body = CommandBody::Deposit(Deposit {
-            settlement: SETTLEMENT_ID,
-            account,
-            amount,
-            currency: Currency::IDR,
-        });
-        match self.apply_body(body).result {
-            CommandResult::Posted(_) => Ok(()),
-            other => bail!("funding account {} failed: {other:?}", account.0),
-        }
+impl Submit for Ledger {
+    fn submit(&mut self, body: CommandBody) -> CommandResult {
+        self.apply_body(body).result
     }
 }
 
@@ -251,16 +223,6 @@ fn engine_config(args: &EngineArgs) -> EngineConfig {
     }
 }
 
-/// Each customer's opening balance: as large as possible while the settlement account's
-/// negative total (N times this) stays within DECIMAL(19,4), so no balance can ever overflow.
-fn opening_balance(accounts: u32) -> Amount {
-    Amount(AMOUNT_UNITS_MAX / u64::from(accounts))
-}
-
-fn customer_id(index: u32) -> AccountId {
-    AccountId(FIRST_CUSTOMER_ID + u64::from(index))
-}
-
 /// Opens and funds the ledger through `apply`, and reports the memory that took.
 fn open_ledger(args: &EngineArgs) -> anyhow::Result<(Ledger, Value)> {
     eprintln!(
@@ -270,20 +232,7 @@ fn open_ledger(args: &EngineArgs) -> anyhow::Result<(Ledger, Value)> {
     let rss_before = report::rss_bytes();
     let started = Instant::now();
     let mut ledger = Ledger::new(engine_config(args))?;
-    let settlement = ledger.open_account(AccountKind::Settlement, 0)?;
-    ensure!(
-        settlement == SETTLEMENT_ID,
-        "settlement account got id {}",
-        settlement.0
-    );
-    for index in 0..args.accounts {
-        let id = ledger.open_account(AccountKind::Customer, u128::from(index) + 1)?;
-        ensure!(id == customer_id(index), "customer {index} got id {}", id.0);
-    }
-    let balance = opening_balance(args.accounts);
-    for index in 0..args.accounts {
-        ledger.deposit(customer_id(index), balance)?;
-    }
+    ledger_setup::open_and_fund(&mut ledger, args.accounts)?;
     let seconds = started.elapsed().as_secs_f64();
     let memory = memory_fields(&ledger, args.accounts, rss_before, seconds);
     Ok((ledger, memory))
@@ -335,15 +284,6 @@ fn check_ledger(ledger: &Ledger) -> anyhow::Result<Value> {
 }
 
 // ---- scenarios ----
-
-fn transfer(pick: &Pick) -> Transfer {
-    Transfer {
-        from: customer_id(pick.from),
-        to: customer_id(pick.to),
-        amount: Amount(u64::from(pick.amount_idr) * UNITS_PER_IDR),
-        currency: Currency::IDR,
-    }
-}
 
 fn run_single(ledger: &mut Ledger, picks: &[Pick]) -> anyhow::Result<Value> {
     let mut sampled = SampledLatency::new()?;

@@ -10,24 +10,19 @@
 //! The entries are all distinct: cycling a smaller pool would repeat idempotency keys, and
 //! replay would rightly answer those with `Replayed` instead of the journaled `Posted`.
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use payu_engine::{
-    AMOUNT_UNITS_MAX, AccountId, AccountKind, Amount, Command, CommandBody, CommandResult,
-    Currency, Deposit, Engine, EngineConfig, IdempotencyKey, OpenAccount, OwnerId, TierLimits,
-    Timestamp, Transfer,
+    Amount, Command, CommandBody, CommandResult, Engine, EngineConfig, TierLimits, Timestamp,
 };
 use payu_journal::{Entry, encode_entry};
 
-use crate::workload::{self, Pick, WorkloadOptions, mix64};
+use crate::ledger_setup::{self, Submit, transfer};
+use crate::workload::{self, WorkloadOptions};
 
 /// 2025-01-01T00:00:00Z (07:00 in Jakarta): the simulated clock starts here.
 const START_TIMESTAMP_NS: u64 = 1_735_689_600_000_000_000;
 /// The simulated clock advances 1 µs per command, so no idempotency key expires within a run.
 const TICK_NS: u64 = 1_000;
-/// The settlement account is opened first; customers follow from id 2.
-const SETTLEMENT_ID: AccountId = AccountId(1);
-const FIRST_CUSTOMER_ID: u64 = 2;
-const UNITS_PER_IDR: u64 = 10_000;
 /// Idempotency entries beyond the ones the history needs, so no key is ever evicted early.
 const IDEMPOTENCY_SLACK: u64 = 1024;
 
@@ -150,7 +145,7 @@ impl Builder {
         let seq = self.engine.last_seq() + 1;
         // Unique keys that look like the gateway's 128-bit hashes (spread-out high bits).
         let command = Command {
-            key: IdempotencyKey((u128::from(mix64(seq)) << 64) | u128::from(seq)),
+            key: ledger_setup::idempotency_key(seq),
             body,
         };
         let outcome = self
@@ -163,45 +158,7 @@ impl Builder {
     }
 
     fn setup(&mut self, accounts: u32) -> anyhow::Result<()> {
-        let settlement = self.open_account(AccountKind::Settlement, 0)?;
-        ensure!(
-            settlement == SETTLEMENT_ID,
-            "settlement got id {}",
-            settlement.0
-        );
-        for index in 0..accounts {
-            let id = self.open_account(AccountKind::Customer, u128::from(index) + 1)?;
-            ensure!(id == customer_id(index), "customer {index} got id {}", id.0);
-        }
-        // As large as possible while the settlement account's total stays within DECIMAL(19,4).
-        let opening = Amount(AMOUNT_UNITS_MAX / u64::from(accounts));
-        for index in 0..accounts {
-            let body = CommandBody::Deposit(Deposit {
-                settlement: SETTLEMENT_ID,
-                account: customer_id(index),
-                amount: opening,
-                currency: Currency::IDR,
-            });
-            match self.apply(body).0 {
-                CommandResult::Posted(_) => {}
-                other => bail!("funding customer {index} failed: {other:?}"),
-            }
-        }
-        Ok(())
-    }
-
-    fn open_account(&mut self, kind: AccountKind, owner: u128) -> anyhow::Result<AccountId> {
-        let body = CommandBody::OpenAccount(OpenAccount {
-            owner: OwnerId(owner),
-            kind,
-            tier: 0,
-            currency: Currency::IDR,
-            overdraft_limit: Amount::ZERO,
-        });
-        match self.apply(body).0 {
-            CommandResult::AccountOpened { account } => Ok(account),
-            other => bail!("opening a {kind:?} account failed: {other:?}"),
-        }
+        ledger_setup::open_and_fund(self, accounts)
     }
 
     fn transfers(&mut self, options: HistoryOptions) -> anyhow::Result<()> {
@@ -233,16 +190,9 @@ impl Builder {
     }
 }
 
-fn customer_id(index: u32) -> AccountId {
-    AccountId(FIRST_CUSTOMER_ID + u64::from(index))
-}
-
-fn transfer(pick: &Pick) -> Transfer {
-    Transfer {
-        from: customer_id(pick.from),
-        to: customer_id(pick.to),
-        amount: Amount(u64::from(pick.amount_idr) * UNITS_PER_IDR),
-        currency: Currency::IDR,
+impl Submit for Builder {
+    fn submit(&mut self, body: CommandBody) -> CommandResult {
+        self.apply(body).0
     }
 }
 

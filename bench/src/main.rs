@@ -7,6 +7,7 @@
 mod engine;
 mod history;
 mod journal;
+mod ledger_setup;
 mod report;
 mod workload;
 
