@@ -10,10 +10,10 @@ use crate::window::WindowItem;
 
 /// One ledger account. Balances are in units of 10^-4 and rise with credits.
 ///
-/// `repr(C)` keeps the fields a movement reads and writes in the first 64 bytes (one cache
-/// line when the record starts on one); the rest, read rarely, follows. `Engine` touches the
-/// first and last field of each account a batch names ahead of time, so both lines are in
-/// cache before the account is needed (see `Engine::touch_accounts`).
+/// `repr(C)` keeps the fields a movement reads and writes in the first 64 bytes; the rest
+/// follows, with `tier` (read for the sender's limits) first. A batch loads each sender's
+/// `kind` and `tier` and each receiver's `kind` ahead of time, so the lines a transfer needs
+/// are in cache when it runs (see `Engine::touch_accounts`).
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 #[repr(C)]
