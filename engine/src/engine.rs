@@ -999,6 +999,14 @@ impl Engine {
             if !hold.amount.is_valid_positive() || hold.id.0 >= self.next_hold {
                 return Err(fail("invalid amount or id"));
             }
+            // Commit moves money in the hold's currency without checking the accounts again.
+            let currencies = [
+                self.accounts[index].currency,
+                self.accounts[destination].currency,
+            ];
+            if currencies != [hold.currency; 2] {
+                return Err(fail("currency differs from its accounts'"));
+            }
             if !self.hold_deadlines.contains(&(hold.expires_at, hold.id)) {
                 return Err(fail("not indexed by its deadline"));
             }
@@ -1021,10 +1029,12 @@ impl Engine {
                 .index(pocket.parent)
                 .map_err(|_| "pocket without parent")?;
             let account = &self.accounts[index];
-            let parent_is_customer = self.accounts[parent].kind == AccountKind::Customer;
+            let parent_account = &self.accounts[parent];
+            let parent_is_customer = parent_account.kind == AccountKind::Customer;
             if account.kind != AccountKind::Pocket
                 || account.parent != pocket.parent
                 || !parent_is_customer
+                || parent_account.currency != account.currency
             {
                 return Err(format!("pocket {} does not match its account", pocket.id.0));
             }
@@ -1090,9 +1100,13 @@ impl Engine {
     }
 
     fn verify_payment(&self, payment: &PaymentRecord) -> Result<(), String> {
-        let kind = |id| self.index(id).map(|index| self.accounts[index].kind).ok();
-        let parties_ok = kind(payment.customer) == Some(AccountKind::Customer)
-            && kind(payment.merchant) == Some(AccountKind::Merchant);
+        // Refunds move money in the payment's currency; both parties must hold it.
+        let is = |id, kind| {
+            let account = self.index(id).map(|index| &self.accounts[index]).ok();
+            account.is_some_and(|a| a.kind == kind && a.currency == payment.currency)
+        };
+        let parties_ok = is(payment.customer, AccountKind::Customer)
+            && is(payment.merchant, AccountKind::Merchant);
         let amounts_ok = payment.amount.is_valid_positive() && payment.refunded <= payment.amount;
         match parties_ok && amounts_ok && payment.txn.0 < self.next_txn {
             true => Ok(()),
