@@ -332,6 +332,9 @@ impl<S: Storage> Journal<S> {
             match found {
                 Found::End => break,
                 Found::Invalid(error) => {
+                    if self.next_segment_continues(reader, index)? {
+                        break; // stray bytes in the unused end: cleared below
+                    }
                     return Ok(Scan::Damaged {
                         offset,
                         reason: error.to_string(),
@@ -339,6 +342,9 @@ impl<S: Storage> Journal<S> {
                 }
                 Found::Record { header, bytes } => {
                     if let Err(reason) = self.check_continues(&header) {
+                        if self.next_segment_continues(reader, index)? {
+                            break;
+                        }
                         return Ok(Scan::Damaged { offset, reason });
                     }
                     let header_bytes: &[u8; HEADER_LEN] =
@@ -375,8 +381,57 @@ impl<S: Storage> Journal<S> {
                 );
                 return Ok(Scan::Damaged { offset, reason });
             }
+            self.clear_gap(&mut cursor, id, offset)?;
         }
         Ok(Scan::Complete)
+    }
+
+    /// Whether the segment after `index` starts exactly where the scan stands (its first seq
+    /// is the next seq and its header chains from the last record). Then this segment's data
+    /// has ended, and bytes at the scan position are not a record: a record that did not fit
+    /// here was written at the start of that next segment.
+    fn next_segment_continues(
+        &self,
+        reader: &S::Reader,
+        index: usize,
+    ) -> Result<bool, JournalError> {
+        let Some(&next) = self.segments.get(index + 1) else {
+            return Ok(false);
+        };
+        let describe = || reader.describe(next);
+        let segment = reader
+            .open(next)
+            .map_err(io_error(|| format!("opening {}", describe())))?;
+        let header = Cursor::new(segment)
+            .and_then(|mut cursor| cursor.header())
+            .map_err(io_error(|| format!("reading {}", describe())))?;
+        Ok(matches!(
+            SegmentHeader::decode(&header),
+            Ok(h) if h.first_seq == next && next == self.next_seq && h.prev_hash == self.last_hash
+        ))
+    }
+
+    /// Zeroes stray bytes in the unused end of a segment the journal continued after. The
+    /// writer never writes there (a record that does not fit goes to the next segment), so
+    /// they are damage to unused space: harmless, but cleared so that nothing after the
+    /// recovered records is ever garbage.
+    fn clear_gap<R: SegmentRead>(
+        &mut self,
+        cursor: &mut Cursor<R>,
+        segment: u64,
+        offset: u64,
+    ) -> Result<(), JournalError> {
+        let stray = cursor
+            .any_nonzero_from(offset)
+            .map_err(io_error(|| format!("reading segment {segment}")))?;
+        if stray {
+            let zeros = vec![0u8; (cursor.length() - offset) as usize];
+            self.storage
+                .write(segment, offset, &zeros)
+                .map_err(io_error(|| format!("zeroing segment {segment}")))?;
+            self.dirty.insert(segment);
+        }
+        Ok(())
     }
 
     fn check_continues(&self, header: &RecordHeader) -> Result<(), String> {
