@@ -69,30 +69,96 @@ impl std::fmt::Display for ReplayError {
 
 impl std::error::Error for ReplayError {}
 
-/// Applies every durable record from the engine's next seq on. Returns how many were applied.
+/// Records decoded per hand-off from the decoding thread to the applying one.
+const REPLAY_CHUNK_RECORDS: usize = 1024;
+/// Decoded chunks waiting to be applied, at most (bounds replay's memory).
+const REPLAY_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A journal record ready to apply.
+struct Decoded {
+    seq: u64,
+    timestamp: Timestamp,
+    entry: Entry,
+}
+
+/// Applies every durable record from the engine's next seq on, checking each outcome against
+/// the journaled one. Returns how many were applied. Reading and decoding run on a second
+/// thread, so the engine (still one thread) only applies.
 pub fn replay<R: StorageReader>(
     engine: &mut Engine,
     reader: &mut Reader<R>,
 ) -> Result<u64, ReplayError> {
-    let mut applied = 0;
-    while let Some(record) = reader.next().map_err(ReplayError::Journal)? {
-        let seq = record.header.seq;
-        let expected = engine.last_seq() + 1;
-        if seq != expected {
-            return Err(ReplayError::Gap {
-                expected,
-                found: seq,
-            });
+    std::thread::scope(|scope| {
+        let (chunks, decoded) = std::sync::mpsc::sync_channel(REPLAY_CHUNKS_IN_FLIGHT);
+        scope.spawn(move || decode_chunks(reader, chunks));
+        let mut applied = 0;
+        // Returning early (a divergence) drops `decoded`, which stops the decoding thread.
+        for chunk in decoded {
+            for record in chunk? {
+                apply_checked(engine, record)?;
+                applied += 1;
+            }
         }
-        let entry = decode_entry(record.payload())
-            .map_err(|reason| ReplayError::Undecodable { seq, reason })?;
-        let outcome = engine.apply(seq, Timestamp(record.header.timestamp), &entry.command);
-        if outcome != entry.outcome {
-            return Err(ReplayError::Diverged { seq });
+        Ok(applied)
+    })
+}
+
+/// Reads and decodes records in chunks until the reader catches up, an error, or the
+/// applying side hangs up. Records decoded before an error are sent before the error.
+fn decode_chunks<R: StorageReader>(
+    reader: &mut Reader<R>,
+    chunks: std::sync::mpsc::SyncSender<Result<Vec<Decoded>, ReplayError>>,
+) {
+    loop {
+        let (records, error) = decode_chunk(reader);
+        let full = records.len() == REPLAY_CHUNK_RECORDS;
+        if !records.is_empty() && chunks.send(Ok(records)).is_err() {
+            return;
         }
-        applied += 1;
+        if let Some(error) = error {
+            let _ = chunks.send(Err(error)); // the applier may have stopped already
+            return;
+        }
+        if !full {
+            return; // caught up with the durable records
+        }
     }
-    Ok(applied)
+}
+
+fn decode_chunk<R: StorageReader>(reader: &mut Reader<R>) -> (Vec<Decoded>, Option<ReplayError>) {
+    let mut chunk = Vec::with_capacity(REPLAY_CHUNK_RECORDS);
+    while chunk.len() < REPLAY_CHUNK_RECORDS {
+        let record = match reader.next() {
+            Ok(Some(record)) => record,
+            Ok(None) => break,
+            Err(error) => return (chunk, Some(ReplayError::Journal(error))),
+        };
+        let seq = record.header.seq;
+        match decode_entry(record.payload()) {
+            Ok(entry) => chunk.push(Decoded {
+                seq,
+                timestamp: Timestamp(record.header.timestamp),
+                entry,
+            }),
+            Err(reason) => return (chunk, Some(ReplayError::Undecodable { seq, reason })),
+        }
+    }
+    (chunk, None)
+}
+
+fn apply_checked(engine: &mut Engine, record: Decoded) -> Result<(), ReplayError> {
+    let expected = engine.last_seq() + 1;
+    if record.seq != expected {
+        return Err(ReplayError::Gap {
+            expected,
+            found: record.seq,
+        });
+    }
+    let outcome = engine.apply(record.seq, record.timestamp, &record.entry.command);
+    if outcome != record.entry.outcome {
+        return Err(ReplayError::Diverged { seq: record.seq });
+    }
+    Ok(())
 }
 
 /// What `restore_engine` rebuilt.

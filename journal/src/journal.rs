@@ -175,6 +175,8 @@ pub struct Journal<S: Storage> {
     last_hash: u128,
     last_epoch: u64,
     durable_seq: u64,
+    /// The seq a started group commit will make durable.
+    flushing: Option<u64>,
     poisoned: bool,
     shared: Arc<Shared>,
     scratch: Vec<u8>,
@@ -199,6 +201,7 @@ impl<S: Storage> Journal<S> {
             last_hash: 0,
             last_epoch: 0,
             durable_seq: 0,
+            flushing: None,
             poisoned: false,
             shared: Arc::new(Shared {
                 durable_seq: AtomicU64::new(0),
@@ -210,6 +213,7 @@ impl<S: Storage> Journal<S> {
             scratch: Vec::new(),
         };
         let recovery = journal.recover()?;
+        journal.storage.prepare(config.segment_bytes);
         Ok((journal, recovery))
     }
 
@@ -647,9 +651,20 @@ impl<S: Storage> Journal<S> {
     /// Returns the durable seq. A failure poisons the journal: nothing after the last
     /// successful flush is ever reported durable.
     pub fn flush(&mut self) -> Result<u64, JournalError> {
+        self.flush_start()?;
+        self.flush_wait()
+    }
+
+    /// Starts a group commit of every record appended so far and returns the seq it will
+    /// make durable. Appends may go on while it runs (with io_uring the fdatasync runs in the
+    /// kernel); `flush_wait` finishes it. A group commit already in flight is finished first.
+    pub fn flush_start(&mut self) -> Result<u64, JournalError> {
+        if self.flushing.is_some() {
+            self.flush_wait()?;
+        }
         self.check_writable()?;
         for &segment in &self.dirty {
-            if let Err(source) = self.storage.flush(segment) {
+            if let Err(source) = self.storage.flush_start(segment) {
                 self.poisoned = true;
                 return Err(JournalError::Io {
                     context: format!("flushing segment {segment}"),
@@ -658,7 +673,25 @@ impl<S: Storage> Journal<S> {
             }
         }
         self.dirty.clear();
-        self.durable_seq = self.next_seq - 1;
+        let target = self.next_seq - 1;
+        self.flushing = Some(target);
+        Ok(target)
+    }
+
+    /// Finishes the group commit in flight and returns the durable seq.
+    pub fn flush_wait(&mut self) -> Result<u64, JournalError> {
+        self.check_writable()?;
+        let Some(target) = self.flushing.take() else {
+            return Ok(self.durable_seq);
+        };
+        if let Err(source) = self.storage.flush_wait() {
+            self.poisoned = true;
+            return Err(JournalError::Io {
+                context: "flushing".into(),
+                source,
+            });
+        }
+        self.durable_seq = target;
         self.shared.publish(self.durable_seq);
         Ok(self.durable_seq)
     }
@@ -703,6 +736,7 @@ impl<S: Storage> Journal<S> {
     /// records all have seq <= `covered_seq` (covered by a snapshot) and that no reader still
     /// needs. The segment being written is never removed. Returns the removed segment ids.
     pub fn remove_covered(&mut self, covered_seq: u64) -> Result<Vec<u64>, JournalError> {
+        self.flush_wait()?; // no segment is removed under a flush in flight
         let readers_need = self
             .shared
             .readers

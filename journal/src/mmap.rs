@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread;
 
 use memmap2::MmapMut;
@@ -23,10 +23,14 @@ const SPARE_PREFIX: &str = "spare-";
 const SPARE_SUFFIX: &str = ".journal.tmp";
 /// Segments kept mapped at once; older ones are unmapped after a flush.
 const MAPPED_SEGMENTS_MAX: usize = 4;
-/// Zero-fill write size. Small on purpose: ext4 caches a file in folios as large as the
-/// writes that filled it, and a store through a map dirties its whole folio, so 1 MiB fill
-/// writes made every flush write at least 1 MiB (measured: 1.06 MB per one-record flush).
-const ZERO_CHUNK_BYTES: usize = 4 << 10;
+/// Zero-fill write size for `WriteMode::Map`. Small on purpose: ext4 caches a file in folios
+/// as large as the writes that filled it, and a store through a map dirties its whole folio,
+/// so 1 MiB fill writes made every flush write at least 1 MiB (measured: 1.06 MB per
+/// one-record flush).
+const ZERO_CHUNK_BYTES_MAPPED: usize = 4 << 10;
+/// Zero-fill write size for `WriteMode::Pwrite`, whose writes dirty only the blocks they
+/// touch whatever the folio size: large, so a spare is ready before the journal needs it.
+const ZERO_CHUNK_BYTES_PWRITE: usize = 1 << 20;
 /// The zero fill syncs every this many bytes, so a background fill never queues more than a
 /// few milliseconds of disk writes ahead of the journal's own flushes.
 const ZERO_SYNC_EVERY_BYTES: u64 = 8 << 20;
@@ -135,6 +139,18 @@ impl MmapStorage {
         Ok(self.mapped.get_mut(&segment).expect("inserted above"))
     }
 
+    fn zero_chunk_bytes(&self) -> usize {
+        match self.write_mode {
+            WriteMode::Map => ZERO_CHUNK_BYTES_MAPPED,
+            WriteMode::Pwrite => ZERO_CHUNK_BYTES_PWRITE,
+        }
+    }
+
+    fn start_spare(&mut self, len: u64) {
+        let chunk = self.zero_chunk_bytes();
+        self.spare = Some(SpareMaker::start(spare_path(&self.dir), len, chunk));
+    }
+
     /// Writes the pending run (`WriteMode::Pwrite`) to its file; not yet durable.
     fn write_pending(&mut self) -> io::Result<()> {
         if self.pending.bytes.is_empty() {
@@ -161,15 +177,19 @@ impl MmapStorage {
     }
 
     /// Takes the spare segment if one of the right size is ready.
+    /// Takes the spare segment if one of the right size is being made, waiting for it to be
+    /// finished: that is never slower than filling a second file here, beside it.
     fn take_spare(&mut self, len: u64) -> Option<PathBuf> {
         let spare = self.spare.as_mut()?;
-        match spare.ready.try_recv() {
-            Ok(Ok(path)) if spare.len == len => Some(path),
-            Ok(_) | Err(TryRecvError::Disconnected) => {
-                self.spare = None;
+        if spare.len != len {
+            return None;
+        }
+        match spare.ready.recv() {
+            Ok(Ok(path)) => Some(path),
+            Ok(Err(_)) | Err(_) => {
+                self.spare = None; // the maker failed or stopped: fill inline from now on
                 None
             }
-            Err(TryRecvError::Empty) => None,
         }
     }
 }
@@ -196,7 +216,7 @@ impl Storage for MmapStorage {
             }
             None => {
                 let temp = self.dir.join(format!("{segment:020}.creating.tmp"));
-                zero_filled_file(&temp, len)?;
+                zero_filled_file(&temp, len, self.zero_chunk_bytes())?;
                 fs::rename(&temp, &path)?;
                 false
             }
@@ -211,9 +231,15 @@ impl Storage for MmapStorage {
                     spare.request();
                 }
             }
-            _ => self.spare = Some(SpareMaker::start(spare_path(&self.dir), len)),
+            _ => self.start_spare(len),
         }
         Ok(())
+    }
+
+    fn prepare(&mut self, len: u64) {
+        if self.spare.as_ref().is_none_or(|spare| spare.len != len) {
+            self.start_spare(len);
+        }
     }
 
     fn segment_len(&self, segment: u64) -> io::Result<u64> {
@@ -245,11 +271,20 @@ impl Storage for MmapStorage {
     }
 
     fn flush(&mut self, segment: u64) -> io::Result<()> {
+        self.flush_start(segment)?;
+        self.flush_wait()
+    }
+
+    fn flush_start(&mut self, segment: u64) -> io::Result<()> {
         self.write_pending()?;
         self.mapped(segment)?;
         let mapped = &self.mapped[&segment];
         // fdatasync writes back the file's dirty pages, those dirtied through a map included.
-        self.flusher.sync_data(&mapped.file)?;
+        self.flusher.start(&mapped.file)
+    }
+
+    fn flush_wait(&mut self) -> io::Result<()> {
+        self.flusher.wait()?;
         self.unmap_old();
         Ok(())
     }
@@ -345,16 +380,16 @@ fn remove_spares(dir: &Path) -> io::Result<()> {
 
 /// Writes `len` zero bytes for real (not a sparse file: first writes into holes or unwritten
 /// extents would make every later fdatasync also commit allocation metadata) and syncs.
-fn zero_filled_file(path: &Path, len: u64) -> io::Result<()> {
+fn zero_filled_file(path: &Path, len: u64, chunk_bytes: usize) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
-    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let zeros = vec![0u8; chunk_bytes];
     let mut written = 0;
     while written < len {
-        let chunk = (len - written).min(ZERO_CHUNK_BYTES as u64) as usize;
+        let chunk = (len - written).min(chunk_bytes as u64) as usize;
         file.write_all(&zeros[..chunk])?;
         written += chunk as u64;
         if written % ZERO_SYNC_EVERY_BYTES == 0 {
@@ -373,7 +408,7 @@ struct SpareMaker {
 }
 
 impl SpareMaker {
-    fn start(path: PathBuf, len: u64) -> SpareMaker {
+    fn start(path: PathBuf, len: u64, chunk_bytes: usize) -> SpareMaker {
         // Capacity 1 each way: at most one spare is being made or waiting.
         let (want, wanted) = mpsc::sync_channel::<()>(1);
         let (done, ready) = mpsc::sync_channel(1);
@@ -382,7 +417,7 @@ impl SpareMaker {
             .spawn(move || {
                 while wanted.recv().is_ok() {
                     if done
-                        .send(zero_filled_file(&path, len).map(|()| path.clone()))
+                        .send(zero_filled_file(&path, len, chunk_bytes).map(|()| path.clone()))
                         .is_err()
                     {
                         break;

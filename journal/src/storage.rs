@@ -8,7 +8,8 @@
 //!   durable;
 //! - `write` copies bytes; they may be lost, wholly or in part (torn), until `flush` on that
 //!   segment returns `Ok`;
-//! - after `flush` returns `Ok`, every earlier write to that segment survives any crash;
+//! - after `flush` returns `Ok`, every earlier write to that segment survives any crash
+//!   (likewise for writes before `flush_start` once `flush_wait` returns `Ok`);
 //! - a `flush` that returns `Err` may have lost any unflushed write, even ones that still read
 //!   back (Linux drops dirty pages on writeback errors): the caller must never report them durable;
 //! - `remove` deletes a segment durably (used only for segments no one needs);
@@ -28,6 +29,10 @@ pub trait Storage: Send + 'static {
     /// Creates a zero-filled segment of `len` bytes, durably.
     fn create(&mut self, segment: u64, len: u64) -> io::Result<()>;
 
+    /// A hint that segments of `len` bytes will be created: real storage starts preparing
+    /// one in the background, so the first roll does not wait for it.
+    fn prepare(&mut self, _len: u64) {}
+
     fn segment_len(&self, segment: u64) -> io::Result<u64>;
 
     /// Copies `bytes` into `segment` at `offset`. Not durable until `flush`.
@@ -35,6 +40,17 @@ pub trait Storage: Send + 'static {
 
     /// Makes every earlier write to `segment` durable.
     fn flush(&mut self, segment: u64) -> io::Result<()>;
+
+    /// Starts making every earlier write to `segment` durable; `flush_wait` finishes. Writes
+    /// made after the start are not covered. The default is a whole `flush`.
+    fn flush_start(&mut self, segment: u64) -> io::Result<()> {
+        self.flush(segment)
+    }
+
+    /// Waits for every started flush. An error means any of them may have failed.
+    fn flush_wait(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Deletes `segment` durably.
     fn remove(&mut self, segment: u64) -> io::Result<()>;

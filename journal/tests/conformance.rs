@@ -144,6 +144,7 @@ macro_rules! contract_tests {
 }
 
 contract_tests!(
+    pipelined_flush_covers_exactly_what_was_appended_before_it_started,
     records_survive_reopen_in_order_across_segment_rolls,
     flush_reports_the_highest_durable_seq,
     crash_keeps_every_flushed_record_and_nothing_garbage,
@@ -209,6 +210,48 @@ fn flush_reports_the_highest_durable_seq<H: Harness>() {
         assert_eq!(journal.next_seq(), expected_durable + 1);
     }
     assert_eq!(journal.flush().expect("idle flush"), 41);
+    check_journal(&journal, &model, 1);
+}
+
+fn pipelined_flush_covers_exactly_what_was_appended_before_it_started<H: Harness>() {
+    // Proves: `flush_start` covers the records appended before it, appends go on while it runs
+    // (across a segment roll), `flush_wait` reports only the covered seq durable and readers see
+    // no more, the next flush covers the rest, and all of it survives a crash.
+    let mut harness = H::fresh(12);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    let mut reader = journal.reader(1).expect("reader");
+    let mut read = 0;
+    for round in 1..=6u64 {
+        while model.next_seq() <= round * 25 {
+            model.append(&mut journal, 500);
+        }
+        let target = journal.flush_start().expect("flush_start");
+        assert_eq!(target, round * 25);
+        // Appended while the group commit is in flight: not covered by it.
+        for _ in 0..7 {
+            model.append(&mut journal, 500);
+        }
+        assert_eq!(journal.flush_wait().expect("flush_wait"), target);
+        assert_eq!(journal.durable_seq(), target);
+        while let Some(record) = reader.next().expect("read") {
+            read = record.header.seq;
+        }
+        assert_eq!(read, target, "readers see exactly the durable records");
+        assert_eq!(
+            journal.flush_wait().expect("idle wait"),
+            target,
+            "nothing in flight"
+        );
+    }
+    let last = journal.flush().expect("flush");
+    assert_eq!(last, model.next_seq() - 1);
+    assert!(segments(&journal).len() > 1, "the appends rolled segments");
+    drop(reader);
+    drop(journal);
+    harness.crash();
+    let (journal, recovery) = open(&harness);
+    assert_eq!(recovery.last_seq, last);
     check_journal(&journal, &model, 1);
 }
 
@@ -836,6 +879,30 @@ fn sim_failed_flush_is_never_reported_durable() {
         sim.crash();
         let (journal, recovery) = sim_open(&sim).expect("reopen");
         assert!(recovery.last_seq >= durable, "seed {seed}");
+        check_journal(&journal, &model, 1);
+    }
+}
+
+#[test]
+fn sim_failed_pipelined_flush_is_never_reported_durable() {
+    // Proves: a group commit that fails when started or while in flight leaves `durable_seq` where it was, poisons the journal, and loses nothing flushed before.
+    for seed in 0..4 {
+        let sim = SimStorage::new(seed);
+        let mut model = Model::default();
+        let (mut journal, _) = sim_open(&sim).expect("open");
+        sim_fill(&mut journal, &mut model, 60, 20);
+        sim.fail_next_flushes(1);
+        sim_fill(&mut journal, &mut model, 20, u64::MAX);
+        assert!(matches!(
+            journal.flush_start(),
+            Err(JournalError::Io { .. })
+        ));
+        assert!(matches!(journal.flush_wait(), Err(JournalError::Poisoned)));
+        assert_eq!(journal.durable_seq(), 60);
+        drop(journal);
+        sim.crash();
+        let (journal, recovery) = sim_open(&sim).expect("reopen");
+        assert!(recovery.last_seq >= 60, "seed {seed}");
         check_journal(&journal, &model, 1);
     }
 }

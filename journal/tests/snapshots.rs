@@ -362,6 +362,42 @@ fn replay_catches_a_tampered_outcome_and_a_gap() {
 }
 
 #[test]
+fn replay_applies_every_record_before_an_undecodable_one() {
+    // Proves: replay (which decodes on a second thread, in chunks) applies every good record
+    // before a bad payload, across chunk boundaries, then stops with `Undecodable` at its seq.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut journal = open_journal(dir.path());
+    let mut engine = Engine::new(EngineConfig::default());
+    let open = |i: u64| Command {
+        key: IdempotencyKey(u128::from(i)),
+        body: open_account(AccountKind::Customer, u128::from(i)),
+    };
+    let good = 2_500; // more than two decode chunks
+    for i in 1..=good {
+        let seq = journal.next_seq();
+        let outcome = engine.apply(seq, START, &open(i));
+        let entry = Entry {
+            command: open(i),
+            outcome,
+        };
+        journal
+            .append(1, START.0, &encode_entry(&entry))
+            .expect("append");
+    }
+    journal
+        .append(1, START.0, &[0xa5; 48])
+        .expect("append garbage");
+    journal.flush().expect("flush");
+    let mut replayed = Engine::new(EngineConfig::default());
+    let mut reader = journal.reader(1).expect("reader");
+    match replay(&mut replayed, &mut reader) {
+        Err(ReplayError::Undecodable { seq, .. }) => assert_eq!(seq, good + 1),
+        other => panic!("expected Undecodable, got {other:?}"),
+    }
+    assert_eq!(replayed, engine, "every good record was applied");
+}
+
+#[test]
 fn replay_refuses_a_payload_that_is_not_an_entry() {
     // Proves: a record whose payload does not decode as an `Entry` stops replay with `Undecodable` at its seq.
     let dir = tempfile::tempdir().expect("tempdir");

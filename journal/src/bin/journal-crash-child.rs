@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (mut journal, _) = Journal::open(storage, config)?;
     let mut stdout = std::io::stdout().lock();
     let mut appended = 0;
+    let pipelined = (rng >> 1) % 2 == 1; // bit 0 picked the write mode
     while appended < RECORDS_MAX {
         rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let batch = 1 + (rng >> 33) % BATCH_LEN_MAX;
@@ -48,9 +49,20 @@ fn main() -> Result<(), Box<dyn Error>> {
             journal.append(1, seq, &payload(seq))?;
             appended += 1;
         }
-        let durable = journal.flush()?;
+        // Half the seeds pipeline: the previous group commit finishes after this batch was
+        // appended, and this one stays in flight while the next batch is appended.
+        let durable = match pipelined {
+            true => {
+                let durable = journal.flush_wait()?;
+                journal.flush_start()?;
+                durable
+            }
+            false => journal.flush()?,
+        };
         writeln!(stdout, "{durable}")?;
         stdout.flush()?;
     }
+    let durable = journal.flush()?;
+    writeln!(stdout, "{durable}")?;
     Ok(())
 }
