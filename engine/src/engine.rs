@@ -1055,13 +1055,28 @@ impl Engine {
         Ok(open_pockets)
     }
 
+    /// Checks one account against the holds and pockets that name it (`held`,
+    /// `open_pockets`) and the configuration. Balances are range-checked before this, in
+    /// `verify`, for every account.
     fn verify_account(
         &self,
         account: &Account,
         held: i128,
         open_pockets: u32,
     ) -> Result<(), String> {
-        verify_account(account, held, open_pockets)?;
+        if account.held != held {
+            return Err(format!("held {} but its holds sum to {held}", account.held));
+        }
+        let floor = match account.kind {
+            AccountKind::Settlement => -BALANCE_UNITS_MAX,
+            _ => -i128::from(account.overdraft_limit.0),
+        };
+        if account.available() < floor {
+            return Err("available balance below zero without overdraft".into());
+        }
+        if u32::from(account.open_pockets) != open_pockets {
+            return Err("open pocket count is wrong".into());
+        }
         if usize::from(account.tier) >= self.config.tiers.len() {
             return Err("tier outside the tier table".into());
         }
@@ -1069,6 +1084,9 @@ impl Engine {
             return Err("overdraft above DECIMAL(19,4)".into());
         }
         let is_pocket = account.kind == AccountKind::Pocket;
+        if is_pocket && account.overdraft_limit != Amount::ZERO {
+            return Err("pocket with an overdraft".into());
+        }
         if is_pocket != (account.parent != AccountId(0)) {
             return Err("only pockets have a parent".into());
         }
@@ -1113,29 +1131,6 @@ impl Engine {
             false => Err(format!("payment {} is inconsistent", payment.txn.0)),
         }
     }
-}
-
-fn verify_account(account: &Account, held: i128, open_pockets: u32) -> Result<(), String> {
-    if account.balance.abs() > BALANCE_UNITS_MAX {
-        return Err("balance outside DECIMAL(19,4)".into());
-    }
-    if account.held != held {
-        return Err(format!("held {} but its holds sum to {held}", account.held));
-    }
-    let floor = match account.kind {
-        AccountKind::Settlement => -BALANCE_UNITS_MAX,
-        _ => -i128::from(account.overdraft_limit.0),
-    };
-    if account.available() < floor {
-        return Err("available balance below zero without overdraft".into());
-    }
-    if u32::from(account.open_pockets) != open_pockets {
-        return Err("open pocket count is wrong".into());
-    }
-    if account.kind == AccountKind::Pocket && account.overdraft_limit != Amount::ZERO {
-        return Err("pocket with an overdraft".into());
-    }
-    Ok(())
 }
 
 fn require_amount(amount: Amount) -> Checked<()> {
