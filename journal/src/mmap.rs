@@ -156,13 +156,11 @@ impl MmapStorage {
         if self.pending.bytes.is_empty() {
             return Ok(());
         }
-        let (segment, offset) = (self.pending.segment, self.pending.offset);
-        let bytes = std::mem::take(&mut self.pending.bytes);
-        let written = self
-            .mapped(segment)
-            .and_then(|m| m.file.write_all_at(&bytes, offset));
-        self.pending.bytes = bytes;
-        self.pending.bytes.clear();
+        let segment = self.pending.segment;
+        self.mapped(segment)?;
+        let file = &self.mapped[&segment].file;
+        let written = file.write_all_at(&self.pending.bytes, self.pending.offset);
+        self.pending.bytes.clear(); // written or not, the journal poisons on an error
         written
     }
 
