@@ -3,8 +3,14 @@
 //! by the one engine thread, journaled with group commit, and answered only once durable. A read
 //! model tails the journal to serve queries (CQRS).
 
+pub mod api;
 pub mod auth;
+pub mod client;
+pub mod config;
 pub mod metrics;
+pub mod node;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod readmodel;
 pub mod tools;
+pub mod wire;

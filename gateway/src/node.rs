@@ -1,0 +1,171 @@
+//! Assembling and running a node: recover (newest snapshot + journal replay), start the engine
+//! thread, the read model and the HTTP server; on SIGTERM stop accepting, drain, flush, take a
+//! snapshot and return.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use payu_journal::{Journal, JournalConfig, MmapStorage, SnapshotStore, restore_engine};
+
+use crate::api::{App, NodeInfo, router};
+use crate::auth::{AuthConfig, Authenticator, load_or_create_dev_secret};
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::ratelimit::RateLimiter;
+use crate::readmodel::{ReadModel, spawn_tailer};
+
+/// How often the node checks whether its engine pipeline failed.
+const FAILURE_POLL: Duration = Duration::from_millis(100);
+
+/// Runs a node until `shutdown` resolves (or the pipeline fails). `on_listening` gets the bound
+/// address (port 0 in the config picks a free one).
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+
+    let started = Instant::now();
+    let storage = MmapStorage::open(&config.journal_dir(), config.flush_mode().map_err(anyhow::Error::msg)?)
+        .with_context(|| format!("opening the journal in {}", config.journal_dir().display()))?;
+    let flush_backend = storage.flush_backend();
+    let (journal, recovery) = Journal::open(
+        storage,
+        JournalConfig {
+            segment_bytes: config.journal.segment_bytes,
+        },
+    )
+    .map_err(|error| anyhow::anyhow!("journal recovery: {error}"))?;
+    tracing::info!(?recovery, flush_backend, "journal opened");
+    let snapshots = SnapshotStore::open(&config.snapshot_dir())
+        .with_context(|| format!("opening {}", config.snapshot_dir().display()))?;
+    let restored = restore_engine(&snapshots, &journal, config.engine_config())
+        .map_err(|error| anyhow::anyhow!("restoring the ledger: {error}"))?;
+    for rejected in &restored.rejected_snapshots {
+        tracing::warn!(snapshot = %rejected, "snapshot passed over");
+    }
+    tracing::info!(
+        snapshot_seq = ?restored.snapshot_seq,
+        replayed = restored.replayed,
+        last_seq = restored.engine.last_seq(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ledger restored"
+    );
+
+    let read = Arc::new(ReadModel::new(config.read_model));
+    read.seed(&restored.engine);
+    let reader = journal
+        .reader(journal.first_seq())
+        .map_err(|error| anyhow::anyhow!("read model reader: {error}"))?;
+    let stop_tailer = Arc::new(AtomicBool::new(false));
+    let tailer = spawn_tailer(Arc::clone(&read), reader, Arc::clone(&stop_tailer));
+
+    let mut auth_config: AuthConfig = config.auth.keys.clone();
+    if config.auth.dev_secret {
+        let secret = load_or_create_dev_secret(&config.data_dir)
+            .context("the development JWT secret")?;
+        auth_config
+            .hs256_secrets
+            .push(String::from_utf8(secret).context("the development JWT secret is not UTF-8")?);
+    }
+    let auth = Authenticator::new(&auth_config).map_err(anyhow::Error::msg)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let pipeline_config = config.pipeline_config().map_err(anyhow::Error::msg)?;
+    let epoch = pipeline_config.epoch;
+    let pipeline = Pipeline::start(
+        restored.engine,
+        journal,
+        Some(snapshots),
+        pipeline_config,
+        Arc::clone(&metrics),
+    )
+    .context("starting the engine thread")?;
+
+    let app = Arc::new(App::new(
+        pipeline.submitter.clone(),
+        Arc::clone(&read),
+        auth,
+        RateLimiter::new(config.rate_limit),
+        metrics,
+        config.http.request_timeout(),
+        config.http.in_flight_max,
+        NodeInfo {
+            data_dir: config.data_dir.display().to_string(),
+            flush_backend,
+            epoch,
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "listening");
+    on_listening(local);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let failed = Arc::clone(&pipeline.status);
+    let draining_app = Arc::clone(&app);
+    let stop_signal = async move {
+        let mut stop_rx = stop_rx;
+        tokio::select! {
+            () = shutdown => tracing::info!("shutdown requested: draining"),
+            _ = stop_rx.changed() => {},
+            () = watch_failure(failed) => tracing::error!("engine pipeline failed: stopping"),
+        }
+        draining_app.draining.store(true, Ordering::Release);
+    };
+    let served = axum::serve(listener, router(Arc::clone(&app), config.http.body_limit_bytes))
+        .with_graceful_shutdown(stop_signal)
+        .await;
+    drop(stop_tx);
+
+    // Every HTTP request has been answered; drain the ring, flush, snapshot.
+    let pipeline_failed = app.pipeline.failed.load(Ordering::Acquire);
+    let engine = tokio::task::spawn_blocking(move || pipeline.shutdown())
+        .await
+        .context("joining the engine thread")?;
+    stop_tailer.store(true, Ordering::Release);
+    let _ = tokio::task::spawn_blocking(move || tailer.join()).await;
+    served.context("serving HTTP")?;
+    match engine {
+        Ok(engine) if !pipeline_failed => {
+            tracing::info!(last_seq = engine.last_seq(), "stopped cleanly");
+            Ok(())
+        }
+        Ok(_) => Err(anyhow::anyhow!("the engine pipeline failed")),
+        Err(error) => Err(anyhow::anyhow!("the engine pipeline failed: {error}")),
+    }
+}
+
+async fn watch_failure(status: Arc<crate::pipeline::PipelineStatus>) {
+    loop {
+        if status.failed.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::time::sleep(FAILURE_POLL).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

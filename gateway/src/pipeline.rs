@@ -1,0 +1,753 @@
+//! The write path: a bounded multi-producer ring (the disruptor crate) in front of the one
+//! engine thread, which applies commands in batches, journals each (command, outcome), makes
+//! the batch durable with one group commit, and only then releases the replies (the
+//! durability barrier).
+//!
+//! Group commit is pipelined: while batch N's fdatasync runs in the kernel (io_uring), the
+//! engine thread applies and writes batch N+1; N's replies go out when its flush completes.
+//! An idle engine thread waits by the configured [`WaitStrategy`]; the default parks it and
+//! producers wake it, so nothing spins on a 2-core machine.
+//!
+//! Anything that fails after a command was applied in memory but before it was durable (an
+//! append or a flush) leaves the engine ahead of the journal. The pipeline then stops: pending
+//! requests get [`PipelineFailed`], the node exits, and restart rebuilds from the journal.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use disruptor::{BusySpin, EventPoller, Polling, Producer, SingleConsumerBarrier};
+use payu_engine::{Command, CommandBody, CommandResult, Engine, Outcome, Timestamp};
+use payu_journal::{Entry, Journal, SnapshotStore, Storage, encode_entry};
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+
+/// Commands applied per batch (one group commit) at most. A batch is whatever the ring holds
+/// when the engine thread looks, up to this.
+pub const BATCH_COMMANDS_MAX: usize = 4096;
+/// The ring's default capacity in commands (a power of two).
+pub const RING_SIZE_DEFAULT: usize = 1 << 16;
+/// Producer handles shared by the gateway's tasks; each is used under its own lock.
+const PRODUCERS: usize = 8;
+/// The longest an idle engine thread sleeps before it looks again (also bounds how late a
+/// missed wake-up or a periodic snapshot can be).
+const IDLE_TICK: Duration = Duration::from_millis(10);
+
+/// How the engine thread waits when the ring is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Park; producers unpark it (default: no CPU burnt while idle).
+    Park,
+    /// Sleep this long between looks.
+    Sleep(Duration),
+    /// `thread::yield_now` between looks.
+    Yield,
+    /// Spin (opt-in: burns a whole core).
+    Spin,
+}
+
+impl std::str::FromStr for WaitStrategy {
+    type Err = String;
+    fn from_str(text: &str) -> Result<WaitStrategy, String> {
+        match text {
+            "park" => Ok(WaitStrategy::Park),
+            "yield" => Ok(WaitStrategy::Yield),
+            "spin" => Ok(WaitStrategy::Spin),
+            _ => match text.strip_prefix("sleep:").and_then(|us| us.parse::<u64>().ok()) {
+                Some(micros) => Ok(WaitStrategy::Sleep(Duration::from_micros(micros))),
+                None => Err(format!(
+                    "unknown wait strategy {text:?}: use park, yield, spin or sleep:<micros>"
+                )),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Ring capacity in commands; rounded up to a power of two.
+    pub ring_size: usize,
+    pub wait: WaitStrategy,
+    /// The epoch stamped on every record (replication fences with it).
+    pub epoch: u64,
+    /// Take a snapshot after this many records since the last one (0 = never, but at shutdown).
+    pub snapshot_every_records: u64,
+    /// On shutdown, take a snapshot if anything was applied since the last one.
+    pub snapshot_on_shutdown: bool,
+    /// Delete journal segments covered by the oldest kept snapshot.
+    pub retention: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> PipelineConfig {
+        PipelineConfig {
+            ring_size: RING_SIZE_DEFAULT,
+            wait: WaitStrategy::Park,
+            epoch: 1,
+            snapshot_every_records: 5_000_000,
+            snapshot_on_shutdown: true,
+            retention: true,
+        }
+    }
+}
+
+/// What the engine thread decided for one command, released once durable.
+#[derive(Debug)]
+pub struct Reply {
+    pub seq: u64,
+    pub timestamp: Timestamp,
+    pub outcome: Outcome,
+}
+
+/// The pipeline stopped before this command's outcome became durable. The command may or may
+/// not be in the journal: a client retries with the same idempotency key to find out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineFailed(pub String);
+
+pub type ReplyReceiver = oneshot::Receiver<Result<Reply, PipelineFailed>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The ring is full: the engine thread is behind. Answer 503 with Retry-After.
+    Full,
+    /// The pipeline is shutting down or has failed.
+    Closed,
+}
+
+/// Counters other threads read (metrics, readiness, status).
+#[derive(Debug, Default)]
+pub struct PipelineStatus {
+    pub ring_capacity: AtomicU64,
+    pub published: AtomicU64,
+    pub consumed: AtomicU64,
+    pub applied_seq: AtomicU64,
+    pub durable_seq: AtomicU64,
+    pub snapshot_seq: AtomicU64,
+    /// Set when the pipeline stopped on an error; the node must exit.
+    pub failed: AtomicBool,
+    /// Set when the engine thread has finished (drained, flushed) and returned.
+    pub stopped: AtomicBool,
+}
+
+impl PipelineStatus {
+    pub fn ring_occupancy(&self) -> u64 {
+        let consumed = self.consumed.load(Ordering::Relaxed);
+        self.published
+            .load(Ordering::Relaxed)
+            .saturating_sub(consumed)
+    }
+}
+
+struct Request {
+    command: Command,
+    published: Instant,
+    reply: oneshot::Sender<Result<Reply, PipelineFailed>>,
+}
+
+/// One ring slot. The producer fills it through `&mut`; the engine thread, which only gets
+/// `&`, takes the request out under the (uncontended) lock.
+#[derive(Default)]
+struct Slot {
+    request: Mutex<Option<Request>>,
+}
+
+type RingProducer = disruptor::MultiProducer<Slot, SingleConsumerBarrier>;
+type RingPoller = EventPoller<Slot, disruptor::MultiProducerBarrier>;
+
+/// Wakes the engine thread when it parked on an empty ring.
+struct Waker {
+    engine: Thread,
+    sleeping: AtomicBool,
+}
+
+impl Waker {
+    fn wake(&self) {
+        // Pairs with the fence in `park_until_work`: either the engine thread sees the
+        // published slot, or this sees `sleeping` and unparks it.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.engine.unpark();
+        }
+    }
+}
+
+/// The gateway's handle on the ring. Cheap to clone.
+#[derive(Clone)]
+pub struct Submitter {
+    inner: Arc<SubmitterInner>,
+}
+
+struct SubmitterInner {
+    producers: Box<[Mutex<Option<RingProducer>>]>,
+    next: AtomicUsize,
+    waker: Arc<Waker>,
+    status: Arc<PipelineStatus>,
+}
+
+impl Submitter {
+    /// Publishes a command. The receiver resolves once the outcome is durable.
+    pub fn submit(&self, command: Command) -> Result<ReplyReceiver, SubmitError> {
+        if self.inner.status.failed.load(Ordering::Relaxed) {
+            return Err(SubmitError::Closed);
+        }
+        let (reply, receiver) = oneshot::channel();
+        let request = Request {
+            command,
+            published: Instant::now(),
+            reply,
+        };
+        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.producers.len();
+        let mut producer = self.inner.producers[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(producer) = producer.as_mut() else {
+            return Err(SubmitError::Closed);
+        };
+        let mut request = Some(request);
+        let published = producer.try_publish(|slot| {
+            *slot
+                .request
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = request.take();
+        });
+        match published {
+            Ok(_) => {
+                self.inner.status.published.fetch_add(1, Ordering::Relaxed);
+                self.inner.waker.wake();
+                Ok(receiver)
+            }
+            Err(_) => Err(SubmitError::Full),
+        }
+    }
+
+    /// Stops accepting commands. The engine thread drains what was published, makes it
+    /// durable, replies, and exits.
+    pub fn close(&self) {
+        for producer in self.inner.producers.iter() {
+            let taken = producer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            drop(taken); // the last producer dropped shuts the ring down
+        }
+        self.inner.waker.engine.unpark();
+    }
+
+    pub fn status(&self) -> &Arc<PipelineStatus> {
+        &self.inner.status
+    }
+}
+
+/// The running pipeline: the submitter and the engine thread.
+pub struct Pipeline {
+    pub submitter: Submitter,
+    pub status: Arc<PipelineStatus>,
+    engine_thread: JoinHandle<Result<Engine, String>>,
+}
+
+impl Pipeline {
+    /// Starts the engine thread on a restored engine and its open journal.
+    pub fn start<S>(
+        engine: Engine,
+        journal: Journal<S>,
+        snapshots: Option<SnapshotStore>,
+        config: PipelineConfig,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Pipeline>
+    where
+        S: Storage + Send + 'static,
+    {
+        let ring_size = config.ring_size.max(2).next_power_of_two();
+        let builder = disruptor::build_multi_producer(ring_size, Slot::default, BusySpin);
+        let (poller, builder) = builder.new_event_poller();
+        let first = builder.build();
+        let status = Arc::new(PipelineStatus::default());
+        status
+            .ring_capacity
+            .store(ring_size as u64, Ordering::Relaxed);
+        status
+            .applied_seq
+            .store(engine.last_seq(), Ordering::Relaxed);
+        status
+            .durable_seq
+            .store(journal.durable_seq(), Ordering::Relaxed);
+        metrics.ring(0, ring_size as u64);
+
+        let (thread_tx, thread_rx) = std::sync::mpsc::sync_channel::<Arc<Waker>>(1);
+        let worker = EngineWorker {
+            engine,
+            journal,
+            snapshots,
+            config,
+            metrics,
+            status: Arc::clone(&status),
+            poller,
+            waker: None,
+            taken: Vec::with_capacity(BATCH_COMMANDS_MAX),
+            in_flight: Vec::with_capacity(BATCH_COMMANDS_MAX),
+            in_flight_transfers: 0,
+            flush_started: Instant::now(),
+            last_timestamp: 0,
+            last_snapshot_seq: 0,
+            snapshot_writer: None,
+        };
+        let engine_thread = thread::Builder::new()
+            .name("payu-engine".into())
+            .spawn(move || {
+                let waker = thread_rx
+                    .recv()
+                    .map_err(|_| "pipeline start aborted".to_string())?;
+                let mut worker = worker;
+                worker.waker = Some(waker);
+                worker.run()
+            })?;
+        let waker = Arc::new(Waker {
+            engine: engine_thread.thread().clone(),
+            sleeping: AtomicBool::new(false),
+        });
+        // The engine thread waits for its waker before it touches the ring.
+        let _ = thread_tx.send(Arc::clone(&waker));
+        let mut producers = Vec::with_capacity(PRODUCERS);
+        for _ in 1..PRODUCERS {
+            producers.push(Mutex::new(Some(first.clone())));
+        }
+        producers.push(Mutex::new(Some(first)));
+        let submitter = Submitter {
+            inner: Arc::new(SubmitterInner {
+                producers: producers.into_boxed_slice(),
+                next: AtomicUsize::new(0),
+                waker,
+                status: Arc::clone(&status),
+            }),
+        };
+        Ok(Pipeline {
+            submitter,
+            status,
+            engine_thread,
+        })
+    }
+
+    /// Closes the ring and waits for the engine thread to drain, flush and stop. Returns the
+    /// engine (for tests and tools).
+    pub fn shutdown(self) -> Result<Engine, String> {
+        self.submitter.close();
+        self.join()
+    }
+
+    /// Waits for the engine thread (after `Submitter::close`, or a failure).
+    pub fn join(self) -> Result<Engine, String> {
+        match self.engine_thread.join() {
+            Ok(result) => result,
+            Err(_) => Err("the engine thread panicked".into()),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.engine_thread.is_finished()
+    }
+}
+
+/// A request applied and written, waiting for its group commit.
+struct Pending {
+    reply: oneshot::Sender<Result<Reply, PipelineFailed>>,
+    published: Instant,
+    seq: u64,
+    timestamp: Timestamp,
+    outcome: Outcome,
+}
+
+enum Taken {
+    /// Commands were applied and written; this many were transfers.
+    Commands { transfers: u64 },
+    Empty,
+    Shutdown,
+}
+
+struct EngineWorker<S: Storage> {
+    engine: Engine,
+    journal: Journal<S>,
+    snapshots: Option<SnapshotStore>,
+    config: PipelineConfig,
+    metrics: Arc<Metrics>,
+    status: Arc<PipelineStatus>,
+    poller: RingPoller,
+    waker: Option<Arc<Waker>>,
+    /// Requests taken off the ring, not yet applied (reused buffer).
+    taken: Vec<Request>,
+    /// The batch whose flush is in flight, and what it held.
+    in_flight: Vec<Pending>,
+    in_flight_transfers: u64,
+    flush_started: Instant,
+    last_timestamp: u64,
+    last_snapshot_seq: u64,
+    snapshot_writer: Option<SnapshotWriter>,
+}
+
+impl<S: Storage> EngineWorker<S> {
+    fn run(mut self) -> Result<Engine, String> {
+        self.last_snapshot_seq = self.engine.last_seq();
+        self.last_timestamp = self.engine.last_timestamp().0;
+        if let Some(store) = self.snapshots.take() {
+            self.snapshot_writer = Some(SnapshotWriter::start(store)?);
+        }
+        let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_COMMANDS_MAX);
+        let result = self.run_loop(&mut batch);
+        let writer = self.snapshot_writer.take();
+        if let Err(error) = &result {
+            tracing::error!(%error, "engine pipeline stopped");
+            self.status.failed.store(true, Ordering::Release);
+            self.fail_all(&mut batch, error);
+        }
+        if let Some(writer) = writer {
+            writer.finish();
+        }
+        self.status.stopped.store(true, Ordering::Release);
+        result.map(|()| self.engine)
+    }
+
+    fn run_loop(&mut self, batch: &mut Vec<Pending>) -> Result<(), String> {
+        let expected = self.engine.last_seq() + 1;
+        if self.journal.next_seq() != expected {
+            return Err(format!(
+                "journal continues at seq {} but the engine expects {expected}",
+                self.journal.next_seq()
+            ));
+        }
+        loop {
+            match self.take_batch(batch)? {
+                Taken::Commands { transfers } => self.commit(batch, transfers)?,
+                Taken::Empty if !self.in_flight.is_empty() => {
+                    // Nothing new to overlap with: finish the flush in flight now.
+                    self.finish_flush()?;
+                }
+                Taken::Empty => {
+                    self.maybe_snapshot(false)?;
+                    self.wait();
+                }
+                Taken::Shutdown => {
+                    self.finish_flush()?;
+                    return self.maybe_snapshot(true);
+                }
+            }
+        }
+    }
+
+    /// Takes what the ring holds (up to a batch), then applies and journals it.
+    fn take_batch(&mut self, batch: &mut Vec<Pending>) -> Result<Taken, String> {
+        {
+            let mut events = match self.poller.take(BATCH_COMMANDS_MAX as u64) {
+                Ok(events) => events,
+                Err(Polling::NoEvents) => return Ok(Taken::Empty),
+                Err(Polling::Shutdown) => return Ok(Taken::Shutdown),
+            };
+            for slot in &mut events {
+                let request = slot
+                    .request
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .take();
+                self.taken.extend(request);
+            }
+            // Dropping `events` hands the slots back to the producers before the batch is
+            // applied: the ring refills while the engine works.
+        }
+        let count = self.taken.len() as u64;
+        self.status.consumed.fetch_add(count, Ordering::Relaxed);
+        let mut transfers = 0;
+        let mut requests = std::mem::take(&mut self.taken);
+        let mut drained = requests.drain(..);
+        for request in drained.by_ref() {
+            transfers += transfer_count(&request.command);
+            match self.apply_one(request) {
+                Ok(pending) => batch.push(pending),
+                Err((reply, error)) => {
+                    let failed = PipelineFailed(error.clone());
+                    let _ = reply.send(Err(failed.clone()));
+                    for rest in drained {
+                        let _ = rest.reply.send(Err(failed.clone()));
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        drop(drained);
+        self.taken = requests;
+        if batch.is_empty() {
+            return Ok(Taken::Empty);
+        }
+        self.status
+            .applied_seq
+            .store(self.engine.last_seq(), Ordering::Relaxed);
+        Ok(Taken::Commands { transfers })
+    }
+
+    /// Applies one command and appends its record. An append failure returns the reply
+    /// channel with the error: the engine is now ahead of the journal and must stop.
+    #[allow(clippy::result_large_err)]
+    fn apply_one(
+        &mut self,
+        request: Request,
+    ) -> Result<Pending, (oneshot::Sender<Result<Reply, PipelineFailed>>, String)> {
+        // Timestamps never go backwards, even if the wall clock does.
+        let timestamp = wall_clock_nanos().max(self.last_timestamp);
+        self.last_timestamp = timestamp;
+        let seq = self.engine.last_seq() + 1;
+        let outcome = self
+            .engine
+            .apply(seq, Timestamp(timestamp), &request.command);
+        let entry = Entry {
+            command: request.command,
+            outcome,
+        };
+        let payload = encode_entry(&entry);
+        if let Err(error) = self.journal.append(self.config.epoch, timestamp, &payload) {
+            return Err((request.reply, format!("journal append at seq {seq}: {error}")));
+        }
+        Ok(Pending {
+            reply: request.reply,
+            published: request.published,
+            seq,
+            timestamp: Timestamp(timestamp),
+            outcome: entry.outcome,
+        })
+    }
+
+    /// Starts the group commit of `batch`, after finishing the one in flight.
+    fn commit(&mut self, batch: &mut Vec<Pending>, transfers: u64) -> Result<(), String> {
+        self.finish_flush()?;
+        self.flush_started = Instant::now();
+        self.journal
+            .flush_start()
+            .map_err(|error| format!("journal flush: {error}"))?;
+        std::mem::swap(&mut self.in_flight, batch);
+        self.in_flight_transfers = transfers;
+        Ok(())
+    }
+
+    /// Finishes the group commit in flight and releases its replies.
+    fn finish_flush(&mut self) -> Result<(), String> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let durable = self
+            .journal
+            .flush_wait()
+            .map_err(|error| format!("journal flush: {error}"))?;
+        let now = Instant::now();
+        self.metrics.flush(now - self.flush_started);
+        self.metrics
+            .committed(self.in_flight.len() as u64, self.in_flight_transfers);
+        self.metrics.batch(self.in_flight.len());
+        self.status.durable_seq.store(durable, Ordering::Release);
+        for pending in self.in_flight.drain(..) {
+            debug_assert!(pending.seq <= durable);
+            self.metrics.commit_latency(now - pending.published);
+            // A client that gave up (timeout, disconnect) dropped its receiver: fine.
+            let _ = pending.reply.send(Ok(Reply {
+                seq: pending.seq,
+                timestamp: pending.timestamp,
+                outcome: pending.outcome,
+            }));
+        }
+        self.metrics.ring(
+            self.status.ring_occupancy(),
+            self.status.ring_capacity.load(Ordering::Relaxed),
+        );
+        Ok(())
+    }
+
+    fn fail_all(&mut self, batch: &mut Vec<Pending>, error: &str) {
+        let failed = PipelineFailed(error.to_string());
+        for pending in self.in_flight.drain(..).chain(batch.drain(..)) {
+            let _ = pending.reply.send(Err(failed.clone()));
+        }
+        // Requests still in the ring are answered too: nothing will apply them.
+        while let Ok(mut events) = self.poller.poll() {
+            for slot in &mut events {
+                let request = slot
+                    .request
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .take();
+                if let Some(request) = request {
+                    let _ = request.reply.send(Err(failed.clone()));
+                }
+            }
+        }
+    }
+
+    /// Takes a snapshot when enough records passed since the last one (or, with `shutdown`,
+    /// whenever anything did). Called only with no flush in flight, so the snapshot never
+    /// includes a record that is not durable.
+    fn maybe_snapshot(&mut self, shutdown: bool) -> Result<(), String> {
+        let seq = self.engine.last_seq();
+        let since = seq - self.last_snapshot_seq;
+        let due = match shutdown {
+            true => self.config.snapshot_on_shutdown && since > 0,
+            false => {
+                self.config.snapshot_every_records > 0
+                    && since >= self.config.snapshot_every_records
+            }
+        };
+        let Some(writer) = &self.snapshot_writer else {
+            return Ok(());
+        };
+        if due && (shutdown || writer.is_idle()) {
+            let started = Instant::now();
+            let bytes = self.engine.snapshot();
+            tracing::info!(
+                seq,
+                bytes = bytes.len(),
+                serialise_ms = started.elapsed().as_millis() as u64,
+                "snapshot taken"
+            );
+            writer.save(seq, bytes);
+            self.last_snapshot_seq = seq;
+        }
+        if self.config.retention
+            && let Some(covered) = writer.covered_seq()
+        {
+            let removed = self
+                .journal
+                .remove_covered(covered)
+                .map_err(|error| format!("journal retention: {error}"))?;
+            if !removed.is_empty() {
+                tracing::info!(covered, segments = removed.len(), "journal segments removed");
+            }
+        }
+        let saved = writer.saved_seq();
+        self.status.snapshot_seq.store(saved, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn wait(&self) {
+        match self.config.wait {
+            WaitStrategy::Park => {
+                let Some(waker) = &self.waker else { return };
+                waker.sleeping.store(true, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                if !self.poller.has_available() {
+                    thread::park_timeout(IDLE_TICK);
+                }
+                waker.sleeping.store(false, Ordering::Relaxed);
+            }
+            WaitStrategy::Sleep(duration) => thread::sleep(duration.min(IDLE_TICK)),
+            WaitStrategy::Yield => thread::yield_now(),
+            WaitStrategy::Spin => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// How many transfers a command carries (for the TPS metrics).
+fn transfer_count(command: &Command) -> u64 {
+    match &command.body {
+        CommandBody::Transfer(_) => 1,
+        CommandBody::TransferBatch(items) => items.len() as u64,
+        _ => 0,
+    }
+}
+
+/// Whether an outcome posted money (for callers that count movements).
+pub fn is_posted(outcome: &Outcome) -> bool {
+    matches!(
+        outcome.result,
+        CommandResult::Posted(_) | CommandResult::Batch(_) | CommandResult::HoldCommitted { .. }
+    )
+}
+
+pub fn wall_clock_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Snapshots kept whose journal segments retention keeps (mirrors SnapshotStore's count).
+const SNAPSHOTS_FOR_RETENTION: usize = payu_journal::SNAPSHOTS_KEPT;
+
+/// Writes snapshots on a thread of its own, so the engine thread only pays for serialising.
+/// At most one snapshot waits to be written (the channel's bound).
+struct SnapshotWriter {
+    sender: Option<std::sync::mpsc::SyncSender<(u64, Vec<u8>)>>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<SnapshotShared>,
+}
+
+#[derive(Default)]
+struct SnapshotShared {
+    busy: AtomicBool,
+    saved_seq: AtomicU64,
+    /// The oldest of the last SNAPSHOTS_KEPT snapshots this run saved (0 until that many).
+    covered_seq: AtomicU64,
+}
+
+impl SnapshotWriter {
+    fn start(store: SnapshotStore) -> Result<SnapshotWriter, String> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(1);
+        let shared = Arc::new(SnapshotShared::default());
+        let thread_shared = Arc::clone(&shared);
+        let thread = thread::Builder::new()
+            .name("payu-snapshot".into())
+            .spawn(move || {
+                let mut saved = std::collections::VecDeque::new();
+                for (seq, bytes) in receiver {
+                    match store.save(seq, &bytes) {
+                        Ok(path) => {
+                            tracing::info!(seq, path = %path.display(), "snapshot saved");
+                            thread_shared.saved_seq.store(seq, Ordering::Release);
+                            saved.push_back(seq);
+                            if saved.len() > SNAPSHOTS_FOR_RETENTION {
+                                saved.pop_front();
+                            }
+                            if saved.len() == SNAPSHOTS_FOR_RETENTION {
+                                let oldest = saved.front().copied().unwrap_or(0);
+                                thread_shared.covered_seq.store(oldest, Ordering::Release);
+                            }
+                        }
+                        Err(error) => tracing::warn!(seq, %error, "snapshot not saved"),
+                    }
+                    thread_shared.busy.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|error| format!("starting the snapshot writer: {error}"))?;
+        Ok(SnapshotWriter {
+            sender: Some(sender),
+            thread: Some(thread),
+            shared,
+        })
+    }
+
+    fn is_idle(&self) -> bool {
+        !self.shared.busy.load(Ordering::Acquire)
+    }
+
+    fn save(&self, seq: u64, bytes: Vec<u8>) {
+        self.shared.busy.store(true, Ordering::Release);
+        if let Some(sender) = &self.sender
+            && sender.send((seq, bytes)).is_err()
+        {
+            self.shared.busy.store(false, Ordering::Release);
+        }
+    }
+
+    fn saved_seq(&self) -> u64 {
+        self.shared.saved_seq.load(Ordering::Acquire)
+    }
+
+    fn covered_seq(&self) -> Option<u64> {
+        match self.shared.covered_seq.swap(0, Ordering::AcqRel) {
+            0 => None,
+            seq => Some(seq),
+        }
+    }
+
+    /// Writes what is queued and stops the thread.
+    fn finish(mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

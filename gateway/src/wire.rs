@@ -1,0 +1,492 @@
+//! The HTTP wire format: problem+json errors with stable codes, exact amounts, request bodies
+//! and the JSON rendering of outcomes and views. The engine derives no `Serialize`: this module
+//! owns the public shape, so the ledger's types can change without breaking clients.
+
+use std::str::FromStr;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use payu_engine::{
+    AMOUNT_UNITS_MAX, AccountKind, AccountStatus, Amount, Currency, Date, HoldChange, Posted,
+    Posting, RejectCode, Timestamp, units_to_decimal,
+};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::readmodel::{AccountView, HoldState, HoldView, PocketView, TxnKind, TxnView};
+
+/// An error answer: `application/problem+json` (RFC 9457) with a stable `code`.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+    /// Extra members (e.g. the seq of a journaled rejection, a limit period).
+    pub extra: Vec<(&'static str, Value)>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::FORBIDDEN, "FORBIDDEN", detail)
+    }
+
+    pub fn unavailable(code: &'static str, detail: impl Into<String>, retry: u64) -> Problem {
+        let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail);
+        problem.retry_after = Some(retry);
+        problem
+    }
+
+    pub fn with(mut self, name: &'static str, value: Value) -> Problem {
+        self.extra.push((name, value));
+        self
+    }
+
+    /// The answer for an engine rejection (journaled, so `seq` is given).
+    pub fn rejected(code: RejectCode, seq: u64) -> Problem {
+        let status = match code {
+            RejectCode::AccountNotFound | RejectCode::HoldNotFound | RejectCode::PaymentNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            RejectCode::IdempotencyConflict
+            | RejectCode::HoldNotActive
+            | RejectCode::HoldExpired => StatusCode::CONFLICT,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let mut problem = Problem::new(status, code.code(), reject_detail(code)).with("seq", json!(seq));
+        if let Some(period) = code.limit_period() {
+            problem = problem.with("limit_period", json!(period));
+        }
+        problem
+    }
+}
+
+fn reject_detail(code: RejectCode) -> &'static str {
+    match code {
+        RejectCode::InvalidAmount => "the amount must be positive and within DECIMAL(19,4)",
+        RejectCode::AmountOverflow => "the result would exceed DECIMAL(19,4)",
+        RejectCode::AccountNotFound => "no such account",
+        RejectCode::AccountFrozen => "the account is frozen",
+        RejectCode::AccountClosed => "the account is closed",
+        RejectCode::InsufficientFunds => "the available balance does not cover the amount",
+        RejectCode::DailyLimitExceeded => "the daily outgoing limit of the account's tier is reached",
+        RejectCode::MonthlyLimitExceeded => {
+            "the monthly outgoing limit of the account's tier is reached"
+        }
+        RejectCode::PocketLocked => "the pocket is locked until its target date",
+        RejectCode::HoldNotFound => "no such hold",
+        RejectCode::HoldExpired => "the hold expired",
+        RejectCode::HoldNotActive => "the hold was already committed or released",
+        RejectCode::HoldAmountExceeded => "the commit exceeds the held amount",
+        RejectCode::InvalidHoldExpiry => "the hold's expiry is in the past or too far ahead",
+        RejectCode::CurrencyMismatch => "the currency does not match the account's",
+        RejectCode::IdempotencyConflict => {
+            "this Idempotency-Key was already used with a different request"
+        }
+        RejectCode::SameAccount => "source and destination are the same account",
+        RejectCode::InvalidAccountKind => "the account's kind does not allow this operation",
+        RejectCode::InvalidTier => "no such tier",
+        RejectCode::AccountNotEmpty => "the account still has money, holds or open pockets",
+        RejectCode::OverdraftInUse => "the overdraft in use exceeds the new limit",
+        RejectCode::TooManyPockets => "the account has the most pockets allowed",
+        RejectCode::InvalidPocket => "the pocket name is empty or too long",
+        RejectCode::PaymentNotFound => "no such payment (or it is past its refund window)",
+        RejectCode::RefundExceedsPayment => "refunds would exceed the payment",
+        RejectCode::InvalidBatch => "the batch is empty or too long",
+        RejectCode::CapacityExceeded => "a configured capacity of the ledger is reached",
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::Map::new();
+        let slug = self.code.to_ascii_lowercase().replace('_', "-");
+        body.insert("type".into(), json!(format!("https://payu.id/problems/{slug}")));
+        body.insert(
+            "title".into(),
+            json!(self.status.canonical_reason().unwrap_or("Error")),
+        );
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("code".into(), json!(self.code));
+        body.insert("detail".into(), json!(self.detail));
+        for (name, value) in self.extra {
+            body.insert(name.into(), value);
+        }
+        let mut response = (self.status, Value::Object(body).to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// A JSON success answer.
+pub fn json_response(status: StatusCode, body: Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Parses a request body: malformed JSON and wrong shapes are distinct 400s.
+pub fn parse_body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        let code = match error.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "MALFORMED_JSON"
+            }
+            _ => "INVALID_REQUEST",
+        };
+        Problem::bad_request(code, error.to_string())
+    })
+}
+
+/// `{"value": 150000 | "150000.25", "currency": "IDR"}` as received.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyIn {
+    pub value: Box<RawValue>,
+    pub currency: String,
+}
+
+/// An exact amount parsed from the wire: positive, at most 4 decimal places, within
+/// DECIMAL(19,4). The value may be a JSON number or a string; either is parsed from its text,
+/// never through a float.
+pub fn parse_money(money: &MoneyIn, field: &str) -> Result<(Amount, Currency), Problem> {
+    let currency = Currency::from_alpha(&money.currency).ok_or_else(|| {
+        Problem::unprocessable(
+            "UNSUPPORTED_CURRENCY",
+            format!("{field}.currency: {:?} is not a supported currency", money.currency),
+        )
+    })?;
+    let amount = parse_amount_text(money.value.get(), field)?;
+    Ok((amount, currency))
+}
+
+pub fn parse_amount_text(raw: &str, field: &str) -> Result<Amount, Problem> {
+    let text = match raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => inner,
+        None => raw,
+    };
+    let invalid = |why: &str| {
+        Problem::unprocessable("INVALID_AMOUNT", format!("{field}.value: {why}"))
+    };
+    let plain = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+    if !plain {
+        return Err(invalid("must be a decimal number, e.g. 150000 or \"150000.25\""));
+    }
+    let parsed = match text.contains(['e', 'E']) {
+        true => Decimal::from_scientific(text),
+        false => Decimal::from_str(text),
+    };
+    let value = parsed.map_err(|_| invalid("must be a decimal number within DECIMAL(19,4)"))?;
+    Amount::from_decimal(value).map_err(|error| match error {
+        payu_engine::AmountError::NotPositive => invalid("must be greater than zero"),
+        payu_engine::AmountError::TooManyDecimals => Problem::unprocessable(
+            "AMOUNT_TOO_PRECISE",
+            format!("{field}.value: at most 4 decimal places"),
+        ),
+        payu_engine::AmountError::TooLarge => Problem::unprocessable(
+            "AMOUNT_OUT_OF_RANGE",
+            format!(
+                "{field}.value: at most {} (DECIMAL(19,4))",
+                units_to_decimal(i128::from(AMOUNT_UNITS_MAX))
+            ),
+        ),
+    })
+}
+
+/// An amount as the wire shows it: an exact decimal string, plus the currency.
+pub fn money(units: i128, currency: Currency) -> Value {
+    json!({ "value": units_to_decimal(units).normalize().to_string(), "currency": currency_code(currency) })
+}
+
+pub fn amount(value: Amount, currency: Currency) -> Value {
+    money(i128::from(value.0), currency)
+}
+
+pub fn currency_code(currency: Currency) -> &'static str {
+    currency.alpha().unwrap_or("XXX")
+}
+
+pub fn parse_date(text: &str, field: &str) -> Result<Date, Problem> {
+    let invalid = || Problem::bad_request("INVALID_REQUEST", format!("{field}: expected YYYY-MM-DD"));
+    let mut parts = text.splitn(3, '-');
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    let (Some(year), Some(month), Some(day)) = (next(), next(), next()) else {
+        return Err(invalid());
+    };
+    Date::from_ymd(year, month, day).ok_or_else(invalid)
+}
+
+pub fn date(value: Date) -> String {
+    let (year, month, day) = value.to_ymd();
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// RFC 3339 UTC with nanoseconds.
+pub fn timestamp(value: Timestamp) -> String {
+    let seconds = value.0 / 1_000_000_000;
+    let nanos = value.0 % 1_000_000_000;
+    let days = seconds / 86_400;
+    let rest = seconds % 86_400;
+    let (year, month, day) = Date(days as u32).to_ymd();
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+pub fn kind_name(kind: AccountKind) -> &'static str {
+    match kind {
+        AccountKind::Customer => "customer",
+        AccountKind::Merchant => "merchant",
+        AccountKind::Settlement => "settlement",
+        AccountKind::Pocket => "pocket",
+    }
+}
+
+pub fn parse_kind(text: &str) -> Result<AccountKind, Problem> {
+    match text {
+        "customer" => Ok(AccountKind::Customer),
+        "merchant" => Ok(AccountKind::Merchant),
+        "settlement" => Ok(AccountKind::Settlement),
+        _ => Err(Problem::bad_request(
+            "INVALID_REQUEST",
+            format!("kind: expected customer, merchant or settlement, got {text:?}"),
+        )),
+    }
+}
+
+pub fn status_name(status: AccountStatus) -> &'static str {
+    match status {
+        AccountStatus::Active => "active",
+        AccountStatus::Frozen => "frozen",
+        AccountStatus::Closed => "closed",
+    }
+}
+
+pub fn parse_status(text: &str) -> Result<AccountStatus, Problem> {
+    match text {
+        "active" => Ok(AccountStatus::Active),
+        "frozen" => Ok(AccountStatus::Frozen),
+        "closed" => Ok(AccountStatus::Closed),
+        _ => Err(Problem::bad_request(
+            "INVALID_REQUEST",
+            format!("status: expected active, frozen or closed, got {text:?}"),
+        )),
+    }
+}
+
+pub fn owner_text(owner: payu_engine::OwnerId) -> String {
+    let hex = format!("{:032x}", owner.0);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+pub fn account_view(view: &AccountView) -> Value {
+    json!({
+        "id": view.id.0,
+        "owner_id": owner_text(view.owner),
+        "kind": kind_name(view.kind),
+        "status": status_name(view.status),
+        "tier": view.tier,
+        "currency": currency_code(view.currency),
+        "balance": money(view.balance, view.currency),
+        "held": money(view.held, view.currency),
+        "available": money(view.balance - view.held, view.currency),
+        "overdraft_limit": amount(view.overdraft_limit, view.currency),
+        "parent_id": view.parent.map(|p| p.0),
+        "opened_at": timestamp(view.opened_at),
+    })
+}
+
+pub fn pocket_view(view: &PocketView, currency: Currency) -> Value {
+    json!({
+        "id": view.id.0,
+        "account_id": view.parent.0,
+        "name": view.name,
+        "target_amount": amount(view.target_amount, currency),
+        "target_date": date(view.target_date),
+        "is_locked": view.locked,
+        "balance": money(view.balance, currency),
+    })
+}
+
+pub fn posting(posting: &Posting, currency: Currency) -> Value {
+    json!({
+        "account_id": posting.account.0,
+        "amount": amount(posting.amount, currency),
+        "balance_after": money(posting.balance_after, currency),
+    })
+}
+
+pub fn posted(posted: &Posted, currency: Currency, kind: &str, seq: u64, at: Timestamp) -> Value {
+    json!({
+        "id": posted.txn.0,
+        "kind": kind,
+        "status": "completed",
+        "amount": amount(posted.debit.amount, currency),
+        "debit": posting(&posted.debit, currency),
+        "credit": posting(&posted.credit, currency),
+        "seq": seq,
+        "created_at": timestamp(at),
+    })
+}
+
+pub fn txn_kind_name(kind: TxnKind) -> &'static str {
+    match kind {
+        TxnKind::Deposit => "deposit",
+        TxnKind::Withdrawal => "withdrawal",
+        TxnKind::Transfer => "transfer",
+        TxnKind::PocketMove => "pocket_move",
+        TxnKind::Payment => "payment",
+        TxnKind::Refund => "refund",
+        TxnKind::HoldCommit => "hold_commit",
+    }
+}
+
+pub fn txn_view(view: &TxnView) -> Value {
+    let posted = Posted {
+        txn: view.id,
+        debit: view.debit,
+        credit: view.credit,
+    };
+    let mut body = posted_json(&posted, view.currency, txn_kind_name(view.kind), view.seq, view.timestamp);
+    if let Some(hold) = view.hold {
+        body["hold_id"] = json!(hold.0);
+    }
+    if let Some(payment) = view.payment {
+        body["payment_id"] = json!(payment.0);
+    }
+    body
+}
+
+fn posted_json(posted_: &Posted, currency: Currency, kind: &str, seq: u64, at: Timestamp) -> Value {
+    posted(posted_, currency, kind, seq, at)
+}
+
+pub fn hold_change(change: &HoldChange, currency: Currency, state: &str) -> Value {
+    json!({
+        "id": change.hold.0,
+        "account_id": change.account.0,
+        "amount": amount(change.amount, currency),
+        "held_after": money(change.held_after, currency),
+        "state": state,
+    })
+}
+
+pub fn hold_state_name(state: HoldState) -> &'static str {
+    match state {
+        HoldState::Active => "active",
+        HoldState::Committed => "committed",
+        HoldState::Released => "released",
+        HoldState::Expired => "expired",
+    }
+}
+
+pub fn hold_view(view: &HoldView) -> Value {
+    json!({
+        "id": view.id.0,
+        "account_id": view.account.0,
+        "destination_id": view.destination.0,
+        "amount": amount(view.amount, view.currency),
+        "committed": amount(view.committed, view.currency),
+        "expires_at": timestamp(view.expires_at),
+        "state": hold_state_name(view.state),
+        "transaction_id": view.txn.map(|t| t.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn units(text: &str) -> Result<u64, &'static str> {
+        parse_amount_text(text, "amount").map(|a| a.0).map_err(|p| p.code)
+    }
+
+    #[test]
+    fn amounts_parse_exactly_from_numbers_and_strings() {
+        assert_eq!(units("150000"), Ok(1_500_000_000));
+        assert_eq!(units("\"150000.25\""), Ok(1_500_002_500));
+        assert_eq!(units("0.0001"), Ok(1));
+        assert_eq!(units("1.50000"), Ok(15_000)); // trailing zeros are not precision
+        assert_eq!(units("1.5e3"), Ok(15_000_000));
+        assert_eq!(units("\"999999999999999.9999\""), Ok(AMOUNT_UNITS_MAX));
+        // 0.1 + 0.2 style values stay exact: no float ever touches them.
+        assert_eq!(units("0.3"), Ok(3_000));
+    }
+
+    #[test]
+    fn bad_amounts_get_stable_codes() {
+        assert_eq!(units("0"), Err("INVALID_AMOUNT"));
+        assert_eq!(units("-5"), Err("INVALID_AMOUNT"));
+        assert_eq!(units("\"abc\""), Err("INVALID_AMOUNT"));
+        assert_eq!(units("true"), Err("INVALID_AMOUNT"));
+        assert_eq!(units("null"), Err("INVALID_AMOUNT"));
+        assert_eq!(units("{}"), Err("INVALID_AMOUNT"));
+        assert_eq!(units("\"\""), Err("INVALID_AMOUNT"));
+        assert_eq!(units("1.00001"), Err("AMOUNT_TOO_PRECISE"));
+        assert_eq!(units("1000000000000000"), Err("AMOUNT_OUT_OF_RANGE"));
+        assert_eq!(units("1e40"), Err("INVALID_AMOUNT"));
+    }
+
+    #[test]
+    fn timestamps_render_as_rfc3339_utc() {
+        assert_eq!(timestamp(Timestamp(0)), "1970-01-01T00:00:00.000000000Z");
+        // 2026-11-25T04:47:08.5Z
+        let at = Timestamp(1_795_582_028_500_000_000);
+        assert_eq!(timestamp(at), "2026-11-25T04:47:08.500000000Z");
+    }
+
+    #[test]
+    fn owner_ids_render_as_uuids() {
+        let owner = payu_engine::OwnerId(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(owner_text(owner), "01234567-89ab-cdef-0123-456789abcdef");
+    }
+}
