@@ -16,9 +16,9 @@ use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
 use payu_engine::{
     AccountId, AccountKind, Amount, BATCH_TRANSFERS_MAX, BatchItem, Command, CommandBody,
-    CommandResult, Currency, Deposit, HoldCommit, HoldId, HoldRelease, HoldReserve,
-    IdempotencyKey, NANOS_PER_SECOND, OpenAccount, OpenPocket, OutcomeSummary, OwnerId, Payment,
-    PocketDirection, PocketMove, Refund, Timestamp, Transfer, TxnId, UpdateAccount, Withdrawal,
+    CommandResult, Currency, Deposit, HoldCommit, HoldId, HoldRelease, HoldReserve, IdempotencyKey,
+    NANOS_PER_SECOND, OpenAccount, OpenPocket, OutcomeSummary, OwnerId, Payment, PocketDirection,
+    PocketMove, Refund, Timestamp, Transfer, TxnId, UpdateAccount, Withdrawal,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -175,14 +175,19 @@ async fn observe(State(app): State<Shared>, request: Request, next: Next) -> Res
         .cloned()
         .unwrap_or_else(|| {
             let n = app.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let id = format!("{:x}-{n:x}", app.started.elapsed().as_nanos() as u64 ^ 0x9e37);
+            let id = format!(
+                "{:x}-{n:x}",
+                app.started.elapsed().as_nanos() as u64 ^ 0x9e37
+            );
             HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("unknown"))
         });
     let mut response = match app.in_flight.try_acquire() {
-        Err(_) => {
-            Problem::unavailable("OVERLOADED", "too many requests in flight; retry shortly", 1)
-                .into_response()
-        }
+        Err(_) => Problem::unavailable(
+            "OVERLOADED",
+            "too many requests in flight; retry shortly",
+            1,
+        )
+        .into_response(),
         Ok(_permit) => match tokio::time::timeout(app.request_timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => Problem::unavailable(
@@ -257,7 +262,7 @@ async fn metrics(State(app): State<Shared>) -> Response {
         app.pipeline.snapshot_seq.load(Ordering::Relaxed),
     );
     app.metrics
-        .set_gauge(Gauge::Accounts, app.read.stats().accounts as u64);
+        .set_gauge(Gauge::Accounts, app.read.stats().accounts);
     app.metrics.ring(
         app.pipeline.ring_occupancy(),
         app.pipeline.ring_capacity.load(Ordering::Relaxed),
@@ -309,9 +314,14 @@ async fn admin_status(State(app): State<Shared>, headers: HeaderMap) -> Answer {
 
 /// Whether the principal holds at least one of `any_of`.
 fn has_any(principal: &Principal, any_of: Scopes) -> bool {
-    [Scopes::CUSTOMER, Scopes::OPERATOR, Scopes::SYSTEM, Scopes::ADMIN]
-        .into_iter()
-        .any(|scope| any_of.contains(scope) && principal.scopes.contains(scope))
+    [
+        Scopes::CUSTOMER,
+        Scopes::OPERATOR,
+        Scopes::SYSTEM,
+        Scopes::ADMIN,
+    ]
+    .into_iter()
+    .any(|scope| any_of.contains(scope) && principal.scopes.contains(scope))
 }
 
 fn require(principal: &Principal, any_of: Scopes) -> Result<(), Problem> {
@@ -327,7 +337,9 @@ fn require(principal: &Principal, any_of: Scopes) -> Result<(), Problem> {
 /// Scopes that act for any owner.
 const TRUSTED: Scopes = Scopes::SYSTEM.union(Scopes::OPERATOR).union(Scopes::ADMIN);
 /// Scopes that may move money at all.
-const MOVERS: Scopes = Scopes::CUSTOMER.union(Scopes::SYSTEM).union(Scopes::OPERATOR);
+const MOVERS: Scopes = Scopes::CUSTOMER
+    .union(Scopes::SYSTEM)
+    .union(Scopes::OPERATOR);
 
 impl App {
     fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
@@ -336,7 +348,9 @@ impl App {
             .and_then(|value| value.to_str().ok());
         let principal = self.auth.authenticate(header).map_err(|error| {
             let mut problem = Problem::new(StatusCode::UNAUTHORIZED, error.code(), error.detail());
-            problem.extra.push(("auth_error", json!(format!("{error:?}"))));
+            problem
+                .extra
+                .push(("auth_error", json!(format!("{error:?}"))));
             problem
         })?;
         Ok(principal)
@@ -385,9 +399,7 @@ impl App {
     ) -> Result<crate::readmodel::AccountView, Problem> {
         self.catch_up().await?;
         match self.read.account(id) {
-            Some(view) if has_any(&principal, TRUSTED) || view.owner == principal.owner => {
-                Ok(view)
-            }
+            Some(view) if has_any(principal, TRUSTED) || view.owner == principal.owner => Ok(view),
             _ => Err(Problem::not_found(
                 "ACCOUNT_NOT_FOUND",
                 format!("no account {}", id.0),
@@ -398,7 +410,7 @@ impl App {
     /// A customer moves money only out of its own accounts; trusted scopes out of any.
     async fn authorize_debit(&self, principal: &Principal, from: AccountId) -> Result<(), Problem> {
         require(principal, MOVERS)?;
-        if has_any(&principal, TRUSTED) {
+        if has_any(principal, TRUSTED) {
             return Ok(());
         }
         self.visible_account(principal, from).await.map(|_| ())
@@ -407,21 +419,28 @@ impl App {
     /// Publishes a command and waits for its durable outcome.
     async fn execute(&self, command: Command) -> Result<Reply, Problem> {
         if self.draining.load(Ordering::Acquire) {
-            return Err(Problem::unavailable("DRAINING", "the node is shutting down", 1));
+            return Err(Problem::unavailable(
+                "DRAINING",
+                "the node is shutting down",
+                1,
+            ));
         }
-        let receiver = self.submitter.submit(command).map_err(|error| match error {
-            SubmitError::Full => {
-                self.metrics.ring_full();
-                Problem::unavailable(
-                    "RING_FULL",
-                    "the node is at capacity; retry shortly with the same Idempotency-Key",
-                    1,
-                )
-            }
-            SubmitError::Closed => {
-                Problem::unavailable("DRAINING", "the node is not accepting writes", 1)
-            }
-        })?;
+        let receiver = self
+            .submitter
+            .submit(command)
+            .map_err(|error| match error {
+                SubmitError::Full => {
+                    self.metrics.ring_full();
+                    Problem::unavailable(
+                        "RING_FULL",
+                        "the node is at capacity; retry shortly with the same Idempotency-Key",
+                        1,
+                    )
+                }
+                SubmitError::Closed => {
+                    Problem::unavailable("DRAINING", "the node is not accepting writes", 1)
+                }
+            })?;
         match receiver.await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(failed)) => Err(Problem::unavailable(
@@ -457,9 +476,8 @@ fn idempotency_key(
             ));
         }
         let mut fresh = [0u8; 16];
-        getrandom::fill(&mut fresh).map_err(|error| {
-            Problem::unavailable("ENTROPY_UNAVAILABLE", error.to_string(), 1)
-        })?;
+        getrandom::fill(&mut fresh)
+            .map_err(|error| Problem::unavailable("ENTROPY_UNAVAILABLE", error.to_string(), 1))?;
         return Ok(IdempotencyKey(u128::from_le_bytes(fresh)));
     };
     let key = value.as_bytes();
@@ -481,12 +499,21 @@ fn idempotency_key(
     Ok(IdempotencyKey(xxhash_rust::xxh3::xxh3_128(&scoped)))
 }
 
-fn path_id(raw: Result<Path<String>, axum::extract::rejection::PathRejection>, what: &'static str) -> Result<u64, Problem> {
-    let Path(text) = raw.map_err(|error| Problem::bad_request("INVALID_REQUEST", error.body_text()))?;
+fn path_id(
+    raw: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    what: &'static str,
+) -> Result<u64, Problem> {
+    let Path(text) =
+        raw.map_err(|error| Problem::bad_request("INVALID_REQUEST", error.body_text()))?;
     text.parse::<u64>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| Problem::bad_request("INVALID_REQUEST", format!("{what} must be a positive integer id")))
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "INVALID_REQUEST",
+                format!("{what} must be a positive integer id"),
+            )
+        })
 }
 
 type RawPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
@@ -519,11 +546,7 @@ fn non_posted(reply: &Reply, result: &CommandResult) -> Answer {
 impl App {
     /// Answers a write: the outcome, or for a replay the original outcome as the read model
     /// holds it, marked with `Idempotent-Replayed: true`.
-    async fn answer(
-        &self,
-        reply: Reply,
-        render: impl FnOnce(&Reply) -> Answer,
-    ) -> Answer {
+    async fn answer(&self, reply: Reply, render: impl FnOnce(&Reply) -> Answer) -> Answer {
         let CommandResult::Replayed {
             original_seq,
             original,
@@ -531,7 +554,17 @@ impl App {
         else {
             return render(&reply);
         };
-        self.read.wait_for(original_seq, READ_CATCH_UP_TIMEOUT).await;
+        if !self
+            .read
+            .wait_for(original_seq, READ_CATCH_UP_TIMEOUT)
+            .await
+        {
+            return Err(Problem::unavailable(
+                "READ_MODEL_BEHIND",
+                "this key was already used; its original answer is not readable yet, retry shortly",
+                1,
+            ));
+        }
         let mut answer = self.replayed(original_seq, original);
         let response = match &mut answer {
             Ok(response) => response,
@@ -539,9 +572,10 @@ impl App {
                 return answer.map_err(|problem| problem.with("replayed", json!(true)));
             }
         };
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            IDEMPOTENT_REPLAYED.clone(),
+            HeaderValue::from_static("true"),
+        );
         answer
     }
 
@@ -563,7 +597,11 @@ impl App {
             }
             OutcomeSummary::PocketOpened(id) => {
                 let pocket = self.read.pocket(id).ok_or_else(gone)?;
-                let currency = self.read.account(id).map(|a| a.currency).unwrap_or(Currency::IDR);
+                let currency = self
+                    .read
+                    .account(id)
+                    .map(|a| a.currency)
+                    .unwrap_or(Currency::IDR);
                 wire::pocket_view(&pocket, currency)
             }
             OutcomeSummary::Batch { posted, rejected } => {
@@ -582,7 +620,9 @@ impl App {
         };
         let status = match original {
             OutcomeSummary::AccountUpdated(_) => StatusCode::OK,
-            OutcomeSummary::HoldReleased(_) | OutcomeSummary::HoldCommitted { .. } => StatusCode::OK,
+            OutcomeSummary::HoldReleased(_) | OutcomeSummary::HoldCommitted { .. } => {
+                StatusCode::OK
+            }
             _ => StatusCode::CREATED,
         };
         Ok(json_response(status, body))
@@ -610,7 +650,10 @@ fn idr() -> String {
 fn parse_owner(text: &str) -> Result<OwnerId, Problem> {
     let hex: String = text.chars().filter(|c| *c != '-').collect();
     if hex.len() != 32 {
-        return Err(Problem::bad_request("INVALID_REQUEST", "owner_id: expected a UUID"));
+        return Err(Problem::bad_request(
+            "INVALID_REQUEST",
+            "owner_id: expected a UUID",
+        ));
     }
     u128::from_str_radix(&hex, 16)
         .map(OwnerId)
@@ -623,7 +666,10 @@ async fn open_account(State(app): State<Shared>, headers: HeaderMap, body: Bytes
     let input: OpenAccountIn = parse_body(&body)?;
     let kind = wire::parse_kind(&input.kind)?;
     let currency = Currency::from_alpha(&input.currency).ok_or_else(|| {
-        Problem::unprocessable("UNSUPPORTED_CURRENCY", format!("currency {:?} is not supported", input.currency))
+        Problem::unprocessable(
+            "UNSUPPORTED_CURRENCY",
+            format!("currency {:?} is not supported", input.currency),
+        )
     })?;
     let overdraft_limit = match &input.overdraft_limit {
         Some(money) => parse_money(money, "overdraft_limit")?.0,
@@ -636,7 +682,11 @@ async fn open_account(State(app): State<Shared>, headers: HeaderMap, body: Bytes
     let trusted = has_any(&principal, TRUSTED);
     if !trusted {
         require(&principal, Scopes::CUSTOMER)?;
-        if kind != AccountKind::Customer || owner != principal.owner || input.tier != 0 || overdraft_limit != Amount::ZERO {
+        if kind != AccountKind::Customer
+            || owner != principal.owner
+            || input.tier != 0
+            || overdraft_limit != Amount::ZERO
+        {
             return Err(Problem::forbidden(
                 "customers open tier-0 customer accounts for themselves; other kinds, tiers and overdrafts need an operator",
             ));
@@ -707,13 +757,20 @@ async fn update_account(
     app.limit(&principal, 1)?;
     let id = AccountId(path_id(id, "account id")?);
     let input: UpdateAccountIn = parse_body(&body)?;
-    let status = input.status.as_deref().map(wire::parse_status).transpose()?;
+    let status = input
+        .status
+        .as_deref()
+        .map(wire::parse_status)
+        .transpose()?;
     let overdraft_limit = match &input.overdraft_limit {
         Some(money) => Some(parse_money(money, "overdraft_limit")?.0),
         None => None,
     };
     if status.is_none() && input.tier.is_none() && overdraft_limit.is_none() {
-        return Err(Problem::bad_request("INVALID_REQUEST", "nothing to update: give status, tier or overdraft_limit"));
+        return Err(Problem::bad_request(
+            "INVALID_REQUEST",
+            "nothing to update: give status, tier or overdraft_limit",
+        ));
     }
     let key = idempotency_key(&headers, &principal, false)?;
     let command = Command {
@@ -732,7 +789,11 @@ async fn update_account(
     app.answer(reply, |reply| match &reply.outcome.result {
         CommandResult::AccountUpdated { account } => {
             let view = read.account(*account).ok_or_else(|| {
-                Problem::unavailable("READ_MODEL_BEHIND", "updated; the read model has not caught up yet", 1)
+                Problem::unavailable(
+                    "READ_MODEL_BEHIND",
+                    "updated; the read model has not caught up yet",
+                    1,
+                )
             })?;
             Ok(json_response(StatusCode::OK, wire::account_view(&view)))
         }
@@ -845,8 +906,10 @@ async fn pocket_move(
         }),
     };
     let reply = app.execute(command).await?;
-    app.answer(reply, |reply| posted_response(reply, currency, "pocket_move"))
-        .await
+    app.answer(reply, |reply| {
+        posted_response(reply, currency, "pocket_move")
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -869,7 +932,10 @@ async fn history(
     if limit == 0 || limit > crate::readmodel::HISTORY_PAGE_MAX {
         return Err(Problem::bad_request(
             "INVALID_REQUEST",
-            format!("limit must be within 1..={}", crate::readmodel::HISTORY_PAGE_MAX),
+            format!(
+                "limit must be within 1..={}",
+                crate::readmodel::HISTORY_PAGE_MAX
+            ),
         ));
     }
     app.visible_account(&principal, id).await?;
@@ -937,8 +1003,10 @@ async fn withdrawal(State(app): State<Shared>, headers: HeaderMap, body: Bytes) 
         }),
     };
     let reply = app.execute(command).await?;
-    app.answer(reply, |reply| posted_response(reply, currency, "withdrawal"))
-        .await
+    app.answer(reply, |reply| {
+        posted_response(reply, currency, "withdrawal")
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -1084,12 +1152,7 @@ struct RefundIn {
     amount: MoneyIn,
 }
 
-async fn refund(
-    State(app): State<Shared>,
-    headers: HeaderMap,
-    id: RawPath,
-    body: Bytes,
-) -> Answer {
+async fn refund(State(app): State<Shared>, headers: HeaderMap, id: RawPath, body: Bytes) -> Answer {
     let principal = app.authenticate(&headers)?;
     app.limit(&principal, 1)?;
     let key = idempotency_key(&headers, &principal, true)?;
@@ -1104,7 +1167,10 @@ async fn refund(
         match merchant {
             Some(merchant) => app.authorize_debit(&principal, merchant).await?,
             None => {
-                return Err(Problem::not_found("PAYMENT_NOT_FOUND", format!("no payment {}", payment.0)));
+                return Err(Problem::not_found(
+                    "PAYMENT_NOT_FOUND",
+                    format!("no payment {}", payment.0),
+                ));
             }
         }
     }
@@ -1185,16 +1251,19 @@ async fn get_hold(State(app): State<Shared>, headers: HeaderMap, id: RawPath) ->
 /// Customers may commit or release only holds on their own accounts.
 async fn authorize_hold(app: &App, principal: &Principal, id: HoldId) -> Result<(), Problem> {
     require(principal, MOVERS)?;
-    if has_any(&principal, TRUSTED) {
+    app.catch_up().await?;
+    if has_any(principal, TRUSTED) {
         return Ok(());
     }
-    app.catch_up().await?;
     match app.read.hold(id) {
         Some(hold) => app
             .authorize_debit(principal, hold.account)
             .await
             .map_err(|_| Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", id.0))),
-        None => Err(Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", id.0))),
+        None => Err(Problem::not_found(
+            "HOLD_NOT_FOUND",
+            format!("no hold {}", id.0),
+        )),
     }
 }
 
@@ -1227,10 +1296,9 @@ async fn hold_commit(
     let (amount, currency) = match requested {
         Some(pair) => pair,
         None => {
-            let view = app
-                .read
-                .hold(hold)
-                .ok_or_else(|| Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", hold.0)))?;
+            let view = app.read.hold(hold).ok_or_else(|| {
+                Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", hold.0))
+            })?;
             (view.amount, view.currency)
         }
     };
@@ -1258,17 +1326,17 @@ async fn hold_commit(
     .await
 }
 
-async fn hold_release(
-    State(app): State<Shared>,
-    headers: HeaderMap,
-    id: RawPath,
-) -> Answer {
+async fn hold_release(State(app): State<Shared>, headers: HeaderMap, id: RawPath) -> Answer {
     let principal = app.authenticate(&headers)?;
     app.limit(&principal, 1)?;
     let key = idempotency_key(&headers, &principal, true)?;
     let hold = HoldId(path_id(id, "hold id")?);
     authorize_hold(&app, &principal, hold).await?;
-    let currency = app.read.hold(hold).map(|h| h.currency).unwrap_or(Currency::IDR);
+    let currency = app
+        .read
+        .hold(hold)
+        .map(|h| h.currency)
+        .unwrap_or(Currency::IDR);
     let command = Command {
         key,
         body: CommandBody::HoldRelease(HoldRelease { hold }),
@@ -1291,7 +1359,8 @@ async fn get_transaction(State(app): State<Shared>, headers: HeaderMap, id: RawP
     let principal = app.authenticate(&headers)?;
     let id = TxnId(path_id(id, "transaction id")?);
     app.catch_up().await?;
-    let missing = || Problem::not_found("TRANSACTION_NOT_FOUND", format!("no transaction {}", id.0));
+    let missing =
+        || Problem::not_found("TRANSACTION_NOT_FOUND", format!("no transaction {}", id.0));
     let txn = app.read.transaction(id).ok_or_else(missing)?;
     if !has_any(&principal, TRUSTED) {
         let own = |account: AccountId| {

@@ -38,9 +38,10 @@ pub fn get(url: &str, token: &str) -> anyhow::Result<String> {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("malformed status line from {authority}"))?;
-    let chunked = head
-        .lines()
-        .any(|line| line.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    let chunked = head.lines().any(|line| {
+        line.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
     let body = match chunked {
         true => dechunk(body),
         false => body.to_string(),

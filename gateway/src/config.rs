@@ -187,7 +187,10 @@ impl NodeConfig {
             ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err(format!("log_format must be text or json, got {:?}", self.log_format));
+            return Err(format!(
+                "log_format must be text or json, got {:?}",
+                self.log_format
+            ));
         }
         self.flush_mode()?;
         self.wait_strategy()?;

@@ -12,7 +12,11 @@ use payu_gateway::auth::{
 use payu_gateway::config::NodeConfig;
 
 #[derive(Parser)]
-#[command(name = "payu", version, about = "PayU Core: the bank's transaction processor")]
+#[command(
+    name = "payu",
+    version,
+    about = "PayU Core: the bank's transaction processor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -200,6 +204,8 @@ fn init_logging(format: &str) {
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    // The node creates the directory too; minting first must work on a fresh machine.
+    std::fs::create_dir_all(&args.data_dir)?;
     let secret = load_or_create_dev_secret(&args.data_dir)?;
     let scopes: Vec<&str> = match args.scopes.is_empty() {
         true => vec![SCOPE_OPERATOR, SCOPE_SYSTEM, SCOPE_ADMIN],

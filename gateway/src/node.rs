@@ -33,8 +33,11 @@ pub async fn run(
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
 
     let started = Instant::now();
-    let storage = MmapStorage::open(&config.journal_dir(), config.flush_mode().map_err(anyhow::Error::msg)?)
-        .with_context(|| format!("opening the journal in {}", config.journal_dir().display()))?;
+    let storage = MmapStorage::open(
+        &config.journal_dir(),
+        config.flush_mode().map_err(anyhow::Error::msg)?,
+    )
+    .with_context(|| format!("opening the journal in {}", config.journal_dir().display()))?;
     let flush_backend = storage.flush_backend();
     let (journal, recovery) = Journal::open(
         storage,
@@ -69,8 +72,8 @@ pub async fn run(
 
     let mut auth_config: AuthConfig = config.auth.keys.clone();
     if config.auth.dev_secret {
-        let secret = load_or_create_dev_secret(&config.data_dir)
-            .context("the development JWT secret")?;
+        let secret =
+            load_or_create_dev_secret(&config.data_dir).context("the development JWT secret")?;
         auth_config
             .hs256_secrets
             .push(String::from_utf8(secret).context("the development JWT secret is not UTF-8")?);
@@ -122,9 +125,12 @@ pub async fn run(
         }
         draining_app.draining.store(true, Ordering::Release);
     };
-    let served = axum::serve(listener, router(Arc::clone(&app), config.http.body_limit_bytes))
-        .with_graceful_shutdown(stop_signal)
-        .await;
+    let served = axum::serve(
+        listener,
+        router(Arc::clone(&app), config.http.body_limit_bytes),
+    )
+    .with_graceful_shutdown(stop_signal)
+    .await;
     drop(stop_tx);
 
     // Every HTTP request has been answered; drain the ring, flush, snapshot.

@@ -55,7 +55,10 @@ impl std::str::FromStr for WaitStrategy {
             "park" => Ok(WaitStrategy::Park),
             "yield" => Ok(WaitStrategy::Yield),
             "spin" => Ok(WaitStrategy::Spin),
-            _ => match text.strip_prefix("sleep:").and_then(|us| us.parse::<u64>().ok()) {
+            _ => match text
+                .strip_prefix("sleep:")
+                .and_then(|us| us.parse::<u64>().ok())
+            {
                 Some(micros) => Ok(WaitStrategy::Sleep(Duration::from_micros(micros))),
                 None => Err(format!(
                     "unknown wait strategy {text:?}: use park, yield, spin or sleep:<micros>"
@@ -360,7 +363,9 @@ struct Pending {
 
 enum Taken {
     /// Commands were applied and written; this many were transfers.
-    Commands { transfers: u64 },
+    Commands {
+        transfers: u64,
+    },
     Empty,
     Shutdown,
 }
@@ -503,7 +508,10 @@ impl<S: Storage> EngineWorker<S> {
         };
         let payload = encode_entry(&entry);
         if let Err(error) = self.journal.append(self.config.epoch, timestamp, &payload) {
-            return Err((request.reply, format!("journal append at seq {seq}: {error}")));
+            return Err((
+                request.reply,
+                format!("journal append at seq {seq}: {error}"),
+            ));
         }
         Ok(Pending {
             reply: request.reply,
@@ -614,7 +622,11 @@ impl<S: Storage> EngineWorker<S> {
                 .remove_covered(covered)
                 .map_err(|error| format!("journal retention: {error}"))?;
             if !removed.is_empty() {
-                tracing::info!(covered, segments = removed.len(), "journal segments removed");
+                tracing::info!(
+                    covered,
+                    segments = removed.len(),
+                    "journal segments removed"
+                );
             }
         }
         let saved = writer.saved_seq();

@@ -70,15 +70,16 @@ impl Problem {
     /// The answer for an engine rejection (journaled, so `seq` is given).
     pub fn rejected(code: RejectCode, seq: u64) -> Problem {
         let status = match code {
-            RejectCode::AccountNotFound | RejectCode::HoldNotFound | RejectCode::PaymentNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            RejectCode::AccountNotFound
+            | RejectCode::HoldNotFound
+            | RejectCode::PaymentNotFound => StatusCode::NOT_FOUND,
             RejectCode::IdempotencyConflict
             | RejectCode::HoldNotActive
             | RejectCode::HoldExpired => StatusCode::CONFLICT,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        let mut problem = Problem::new(status, code.code(), reject_detail(code)).with("seq", json!(seq));
+        let mut problem =
+            Problem::new(status, code.code(), reject_detail(code)).with("seq", json!(seq));
         if let Some(period) = code.limit_period() {
             problem = problem.with("limit_period", json!(period));
         }
@@ -94,7 +95,9 @@ fn reject_detail(code: RejectCode) -> &'static str {
         RejectCode::AccountFrozen => "the account is frozen",
         RejectCode::AccountClosed => "the account is closed",
         RejectCode::InsufficientFunds => "the available balance does not cover the amount",
-        RejectCode::DailyLimitExceeded => "the daily outgoing limit of the account's tier is reached",
+        RejectCode::DailyLimitExceeded => {
+            "the daily outgoing limit of the account's tier is reached"
+        }
         RejectCode::MonthlyLimitExceeded => {
             "the monthly outgoing limit of the account's tier is reached"
         }
@@ -126,7 +129,10 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut body = serde_json::Map::new();
         let slug = self.code.to_ascii_lowercase().replace('_', "-");
-        body.insert("type".into(), json!(format!("https://payu.id/problems/{slug}")));
+        body.insert(
+            "type".into(),
+            json!(format!("https://payu.id/problems/{slug}")),
+        );
         body.insert(
             "title".into(),
             json!(self.status.canonical_reason().unwrap_or("Error")),
@@ -188,7 +194,10 @@ pub fn parse_money(money: &MoneyIn, field: &str) -> Result<(Amount, Currency), P
     let currency = Currency::from_alpha(&money.currency).ok_or_else(|| {
         Problem::unprocessable(
             "UNSUPPORTED_CURRENCY",
-            format!("{field}.currency: {:?} is not a supported currency", money.currency),
+            format!(
+                "{field}.currency: {:?} is not a supported currency",
+                money.currency
+            ),
         )
     })?;
     let amount = parse_amount_text(money.value.get(), field)?;
@@ -200,16 +209,17 @@ pub fn parse_amount_text(raw: &str, field: &str) -> Result<Amount, Problem> {
         Some(inner) => inner,
         None => raw,
     };
-    let invalid = |why: &str| {
-        Problem::unprocessable("INVALID_AMOUNT", format!("{field}.value: {why}"))
-    };
+    let invalid =
+        |why: &str| Problem::unprocessable("INVALID_AMOUNT", format!("{field}.value: {why}"));
     let plain = !text.is_empty()
         && text.len() <= 64
         && text
             .bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
     if !plain {
-        return Err(invalid("must be a decimal number, e.g. 150000 or \"150000.25\""));
+        return Err(invalid(
+            "must be a decimal number, e.g. 150000 or \"150000.25\"",
+        ));
     }
     let parsed = match text.contains(['e', 'E']) {
         true => Decimal::from_scientific(text),
@@ -246,7 +256,8 @@ pub fn currency_code(currency: Currency) -> &'static str {
 }
 
 pub fn parse_date(text: &str, field: &str) -> Result<Date, Problem> {
-    let invalid = || Problem::bad_request("INVALID_REQUEST", format!("{field}: expected YYYY-MM-DD"));
+    let invalid =
+        || Problem::bad_request("INVALID_REQUEST", format!("{field}: expected YYYY-MM-DD"));
     let mut parts = text.splitn(3, '-');
     let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
     let (Some(year), Some(month), Some(day)) = (next(), next(), next()) else {
@@ -396,7 +407,13 @@ pub fn txn_view(view: &TxnView) -> Value {
         debit: view.debit,
         credit: view.credit,
     };
-    let mut body = posted_json(&posted, view.currency, txn_kind_name(view.kind), view.seq, view.timestamp);
+    let mut body = posted_json(
+        &posted,
+        view.currency,
+        txn_kind_name(view.kind),
+        view.seq,
+        view.timestamp,
+    );
     if let Some(hold) = view.hold {
         body["hold_id"] = json!(hold.0);
     }
@@ -447,7 +464,9 @@ mod tests {
     use super::*;
 
     fn units(text: &str) -> Result<u64, &'static str> {
-        parse_amount_text(text, "amount").map(|a| a.0).map_err(|p| p.code)
+        parse_amount_text(text, "amount")
+            .map(|a| a.0)
+            .map_err(|p| p.code)
     }
 
     #[test]
