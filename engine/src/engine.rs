@@ -930,6 +930,11 @@ impl Engine {
         self.holds.get(&id)
     }
 
+    /// Active holds, in no particular order (callers that need an order sort them).
+    pub fn holds(&self) -> impl ExactSizeIterator<Item = &Hold> {
+        self.holds.values()
+    }
+
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             last_seq: self.last_seq,

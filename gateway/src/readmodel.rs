@@ -495,24 +495,20 @@ impl State {
     /// from 1, so this probes upward until every active hold is found: O(newest active hold
     /// id) lookups, once at start-up.
     fn seed_holds(&mut self, engine: &Engine) {
-        let mut remaining = engine.stats().holds_active;
-        let mut id = 0u64;
-        while remaining > 0 {
-            if let Some(hold) = engine.hold(HoldId(id)) {
-                self.holds.insert(HoldView {
-                    id: hold.id,
-                    account: hold.account,
-                    destination: hold.destination,
-                    amount: hold.amount,
-                    currency: hold.currency,
-                    expires_at: hold.expires_at,
-                    state: HoldState::Active,
-                    committed: Amount::ZERO,
-                    txn: None,
-                });
-                remaining -= 1;
-            }
-            id += 1;
+        let mut holds: Vec<_> = engine.holds().collect();
+        holds.sort_unstable_by_key(|hold| hold.id);
+        for hold in holds {
+            self.holds.insert(HoldView {
+                id: hold.id,
+                account: hold.account,
+                destination: hold.destination,
+                amount: hold.amount,
+                currency: hold.currency,
+                expires_at: hold.expires_at,
+                state: HoldState::Active,
+                committed: Amount::ZERO,
+                txn: None,
+            });
         }
     }
 
