@@ -491,9 +491,7 @@ impl State {
         self.seed_holds(engine);
     }
 
-    /// The engine offers `hold(id)` but no iteration over active holds. Hold ids are dense
-    /// from 1, so this probes upward until every active hold is found: O(newest active hold
-    /// id) lookups, once at start-up.
+    /// Active holds as of the seed, inserted in id order.
     fn seed_holds(&mut self, engine: &Engine) {
         let mut holds: Vec<_> = engine.holds().collect();
         holds.sort_unstable_by_key(|hold| hold.id);
