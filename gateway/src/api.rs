@@ -443,13 +443,10 @@ impl App {
             })?;
         match receiver.await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(failed)) => Err(Problem::unavailable(
+            // The pipeline logged the cause; a 5xx body says nothing internal.
+            Ok(Err(_failed)) => Err(Problem::unavailable(
                 "NOT_DURABLE",
-                format!(
-                    "the outcome could not be made durable ({}); retry with the same \
-                     Idempotency-Key",
-                    failed.0
-                ),
+                "the outcome could not be made durable; retry with the same Idempotency-Key",
                 1,
             )),
             Err(_) => Err(Problem::unavailable(
@@ -535,11 +532,14 @@ fn posted_response(reply: &Reply, currency: Currency, kind: &str) -> Answer {
 fn non_posted(reply: &Reply, result: &CommandResult) -> Answer {
     match result {
         CommandResult::Rejected(code) => Err(Problem::rejected(*code, reply.seq)),
-        other => Err(Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "UNEXPECTED_OUTCOME",
-            format!("unexpected outcome {other:?}"),
-        )),
+        other => {
+            tracing::error!(seq = reply.seq, outcome = ?other, "an outcome that does not fit the route");
+            Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNEXPECTED_OUTCOME",
+                "the ledger answered in a way this route does not expect",
+            ))
+        }
     }
 }
 
