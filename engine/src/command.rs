@@ -192,8 +192,30 @@ pub struct HoldReserve {
     pub destination: AccountId,
     pub amount: Amount,
     pub currency: Currency,
+    pub expiry: HoldExpiry,
+}
+
+/// When a hold expires: at an instant, or a duration after the command's own (journaled)
+/// timestamp. The relative form lets a client retry "hold for 15 minutes" with the same
+/// idempotency key and get the original answer: the deadline is decided inside `apply`, from
+/// the timestamp of the first attempt, so the retry's command is identical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum HoldExpiry {
     /// The hold is expired from this instant on (a commit at exactly this time is too late).
-    pub expires_at: Timestamp,
+    At(Timestamp),
+    /// This many nanoseconds after the reserving command's timestamp.
+    After { nanos: u64 },
+}
+
+impl HoldExpiry {
+    /// The deadline for a reservation applied at `now`.
+    pub const fn deadline(self, now: Timestamp) -> Timestamp {
+        match self {
+            HoldExpiry::At(at) => at,
+            HoldExpiry::After { nanos } => now.saturating_add_nanos(nanos),
+        }
+    }
 }
 
 /// Moves `amount` (at most the held amount) to the hold's destination and releases the rest.
@@ -282,7 +304,10 @@ impl CommandBody {
                     .word(c.account.0)
                     .word(c.destination.0)
                     .money(c.amount, c.currency);
-                f.word(c.expires_at.0);
+                match c.expiry {
+                    HoldExpiry::At(at) => f.word(0).word(at.0),
+                    HoldExpiry::After { nanos } => f.word(1).word(nanos),
+                };
             }
             CommandBody::HoldCommit(c) => {
                 f.word(12).word(c.hold.0).word(c.amount.0);

@@ -542,7 +542,8 @@ impl Engine {
         let horizon = now
             .timestamp
             .saturating_add_nanos(self.config.hold_duration_max_ns);
-        if c.expires_at <= now.timestamp || c.expires_at > horizon {
+        let expires_at = c.expiry.deadline(now.timestamp);
+        if expires_at <= now.timestamp || expires_at > horizon {
             return Err(RejectCode::InvalidHoldExpiry);
         }
         self.require_currency(account, c.currency)?;
@@ -558,7 +559,7 @@ impl Engine {
         let hold = HoldId(self.next_hold);
         self.next_hold += 1;
         let held_after = self.change_held(account, i128::from(c.amount.0));
-        self.hold_deadlines.insert((c.expires_at, hold));
+        self.hold_deadlines.insert((expires_at, hold));
         self.holds.insert(
             hold,
             Hold {
@@ -567,7 +568,7 @@ impl Engine {
                 destination: c.destination,
                 amount: c.amount,
                 currency: c.currency,
-                expires_at: c.expires_at,
+                expires_at,
                 limit_date: now.date,
                 limit_month_index: now.month_index,
             },

@@ -17,10 +17,10 @@ use model::{MAX, Model};
 use payu_engine::{
     Account, AccountId, AccountKind, AccountStatus, Amount, BATCH_TRANSFERS_MAX, BatchItem,
     Command, CommandBody, CommandResult, Currency, Date, Deposit, EXPIRIES_PER_COMMAND_MAX, Engine,
-    EngineConfig, HoldCommit, HoldId, HoldRelease, HoldReserve, IdempotencyKey, OpenAccount,
-    OpenPocket, Outcome, OwnerId, Payment, PocketDirection, PocketMove, Posted, Refund, RejectCode,
-    TierLimits, Timestamp, Transfer, TxnId, UpdateAccount, Withdrawal, jakarta_date,
-    jakarta_midnight, month_index,
+    EngineConfig, HoldCommit, HoldExpiry, HoldId, HoldRelease, HoldReserve, IdempotencyKey,
+    OpenAccount, OpenPocket, Outcome, OwnerId, Payment, PocketDirection, PocketMove, Posted,
+    Refund, RejectCode, TierLimits, Timestamp, Transfer, TxnId, UpdateAccount, Withdrawal,
+    jakarta_date, jakarta_midnight, month_index,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -812,15 +812,18 @@ impl Driver {
         (HoldId(id), model.holds.get(&HoldId(id)).cloned())
     }
 
-    fn expires_at(&self, model: &Model, expiry: Expiry) -> Timestamp {
+    /// Both forms of expiry are generated: relative ones resolve at the command's timestamp.
+    fn expiry(&self, model: &Model, expiry: Expiry) -> HoldExpiry {
         let longest = model.config.hold_duration_max_ns;
-        Timestamp(match expiry {
-            Expiry::NotAfterNow(back) => self.at.0 - u64::from(back),
-            Expiry::Ahead(nanos) => self.at.0 + nanos,
-            Expiry::Permille(permille) => self.at.0 + (longest / 1000 * u64::from(permille)).max(1),
-            Expiry::AtMax => self.at.0 + longest,
-            Expiry::PastMax => self.at.0 + longest + 1,
-        })
+        match expiry {
+            Expiry::NotAfterNow(back) => HoldExpiry::At(Timestamp(self.at.0 - u64::from(back))),
+            Expiry::Ahead(nanos) => HoldExpiry::After { nanos },
+            Expiry::Permille(permille) => HoldExpiry::At(Timestamp(
+                self.at.0 + (longest / 1000 * u64::from(permille)).max(1),
+            )),
+            Expiry::AtMax => HoldExpiry::After { nanos: longest },
+            Expiry::PastMax => HoldExpiry::At(Timestamp(self.at.0 + longest + 1)),
+        }
     }
 
     /// Moves the clock to a hold's deadline (plus `offset`) when that is not in the past.
@@ -987,13 +990,13 @@ impl Driver {
                 expiry,
             } => {
                 let account = self.account(model, *account, Role::Party, None);
-                let expires_at = self.expires_at(model, *expiry);
+                let expiry = self.expiry(model, *expiry);
                 CommandBody::HoldReserve(HoldReserve {
                     account,
                     destination: self.account(model, *destination, Role::Any, Some(account)),
                     amount: self.amount(model, *amount, account),
                     currency: self.currency(model, *currency, account),
-                    expires_at,
+                    expiry,
                 })
             }
             Op::HoldCommit {

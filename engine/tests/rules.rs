@@ -117,7 +117,7 @@ impl Ledger {
             destination: to,
             amount,
             currency: Currency::IDR,
-            expires_at,
+            expiry: HoldExpiry::At(expires_at),
         }))
     }
 
@@ -463,6 +463,50 @@ fn hold_expires_exactly_at_its_deadline() {
 
 /// Committing part of a hold moves that part, releases the rest and returns the unused part
 /// to today's limit.
+/// A relative expiry is resolved at the reserving command's timestamp, so a retry of the
+/// same request later (same key, same body) replays instead of conflicting.
+#[test]
+fn relative_hold_expiry_resolves_at_the_command_and_replays_on_retry() {
+    let mut l = Ledger::new();
+    let a = l.customer(1_000);
+    let shop = l.open(AccountKind::Merchant, 3);
+    let body = CommandBody::HoldReserve(HoldReserve {
+        account: a,
+        destination: shop,
+        amount: Amount::whole(100),
+        currency: Currency::IDR,
+        expiry: HoldExpiry::After { nanos: HOUR },
+    });
+    let key = IdempotencyKey(9_000);
+    let reserved = l.run_keyed(key, body.clone());
+    let seq = l.engine.last_seq();
+    let hold = hold_id(&reserved.result);
+    assert_eq!(
+        l.engine.hold(hold).expect("active").expires_at,
+        START.saturating_add_nanos(HOUR)
+    );
+
+    l.at(START.saturating_add_nanos(HOUR / 2));
+    let retried = l.run_keyed(key, body);
+    assert_eq!(
+        retried.result,
+        CommandResult::Replayed {
+            original_seq: seq,
+            original: OutcomeSummary::HoldReserved(hold),
+        }
+    );
+    assert_eq!(l.account(a).held, idr(100), "reserved once");
+
+    let zero = CommandBody::HoldReserve(HoldReserve {
+        account: a,
+        destination: shop,
+        amount: Amount::whole(1),
+        currency: Currency::IDR,
+        expiry: HoldExpiry::After { nanos: 0 },
+    });
+    assert_eq!(rejection(&l.result(zero)), RejectCode::InvalidHoldExpiry);
+}
+
 #[test]
 fn partial_commit_moves_part_and_releases_the_rest() {
     let mut config = EngineConfig::default();

@@ -687,7 +687,8 @@ impl State {
             destination: c.destination,
             amount: c.amount,
             currency: c.currency,
-            expires_at: c.expires_at,
+            // The deadline as the engine resolved it, at the reserving record's timestamp.
+            expires_at: c.expiry.deadline(at.timestamp),
             state: HoldState::Active,
             committed: Amount::ZERO,
             txn: None,
@@ -1259,7 +1260,9 @@ mod tests {
                 destination: to,
                 amount: Amount::whole(whole),
                 currency: IDR,
-                expires_at: Timestamp(self.now_ns + ttl_s * NANOS_PER_SECOND),
+                expiry: payu_engine::HoldExpiry::At(Timestamp(
+                    self.now_ns + ttl_s * NANOS_PER_SECOND,
+                )),
             });
             match self.run(body).result {
                 CommandResult::HoldReserved(change) => change.hold,

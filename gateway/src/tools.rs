@@ -841,12 +841,21 @@ fn describe_command(body: &CommandBody) -> (&'static str, String) {
             ("Refund", text)
         }
         CommandBody::HoldReserve(c) => {
+            let until = match c.expiry {
+                payu_engine::HoldExpiry::At(at) => format!("until {}", rfc3339(at.0)),
+                payu_engine::HoldExpiry::After { nanos } => {
+                    format!(
+                        "for {}.{:09}s",
+                        nanos / 1_000_000_000,
+                        nanos % 1_000_000_000
+                    )
+                }
+            };
             let text = format!(
-                "{}->{} {} until {}",
+                "{}->{} {} {until}",
                 c.account.0,
                 c.destination.0,
                 money(c.amount, c.currency),
-                rfc3339(c.expires_at.0)
             );
             ("HoldReserve", text)
         }
@@ -1010,7 +1019,9 @@ mod tests {
                 destination: BOB,
                 amount: Amount::whole(5_000),
                 currency: Currency::IDR,
-                expires_at: Timestamp(timestamp(8) + 3600 * NANOS_PER_SECOND),
+                expiry: payu_engine::HoldExpiry::At(Timestamp(
+                    timestamp(8) + 3600 * NANOS_PER_SECOND,
+                )),
             }),
             9 => CommandBody::HoldCommit(HoldCommit {
                 hold: HoldId(1),

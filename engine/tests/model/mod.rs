@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use payu_engine::{
     AMOUNT_UNITS_MAX, AccountId, AccountKind, AccountStatus, Amount, BATCH_TRANSFERS_MAX,
     BatchItem, Command, CommandBody, CommandResult, Currency, Date, EngineConfig, HoldChange,
-    HoldCommit, HoldEnd, HoldExpired, HoldId, HoldRelease, HoldReserve, OpenAccount, OpenPocket,
-    Outcome, OutcomeSummary, OwnerId, POCKET_NAME_BYTES_MAX, PocketDirection, PocketMove, Posted,
-    Posting, Refund, RejectCode, Timestamp, Transfer, TxnId, UpdateAccount,
+    HoldCommit, HoldEnd, HoldExpired, HoldExpiry, HoldId, HoldRelease, HoldReserve, OpenAccount,
+    OpenPocket, Outcome, OutcomeSummary, OwnerId, POCKET_NAME_BYTES_MAX, PocketDirection,
+    PocketMove, Posted, Posting, Refund, RejectCode, Timestamp, Transfer, TxnId, UpdateAccount,
 };
 
 /// DECIMAL(19,4) in units of 10^-4: the largest amount and the largest balance magnitude.
@@ -742,7 +742,12 @@ impl Model {
             ],
         )?;
         let latest = u128::from(now.at.0) + u128::from(self.config.hold_duration_max_ns);
-        if c.expires_at <= now.at || u128::from(c.expires_at.0) > latest {
+        // Resolved here independently of HoldExpiry::deadline.
+        let expires_at = match c.expiry {
+            HoldExpiry::At(at) => at,
+            HoldExpiry::After { nanos } => Timestamp(now.at.0.saturating_add(nanos)),
+        };
+        if expires_at <= now.at || u128::from(expires_at.0) > latest {
             return Err(RejectCode::InvalidHoldExpiry);
         }
         if account.currency != c.currency || destination.currency != c.currency {
@@ -768,7 +773,7 @@ impl Model {
             destination: c.destination,
             amount: c.amount.0,
             currency: c.currency,
-            expires_at: c.expires_at,
+            expires_at,
             day: now.day,
             month: now.month,
         };
