@@ -16,9 +16,9 @@ use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
 use payu_engine::{
     AccountId, AccountKind, Amount, BATCH_TRANSFERS_MAX, BatchItem, Command, CommandBody,
-    CommandResult, Currency, Deposit, HoldCommit, HoldId, HoldRelease, HoldReserve, IdempotencyKey,
-    NANOS_PER_SECOND, OpenAccount, OpenPocket, OutcomeSummary, OwnerId, Payment, PocketDirection,
-    PocketMove, Refund, Timestamp, Transfer, TxnId, UpdateAccount, Withdrawal,
+    CommandResult, Currency, Deposit, HoldCommit, HoldExpiry, HoldId, HoldRelease, HoldReserve,
+    IdempotencyKey, NANOS_PER_SECOND, OpenAccount, OpenPocket, OutcomeSummary, OwnerId, Payment,
+    PocketDirection, PocketMove, Refund, Transfer, TxnId, UpdateAccount, Withdrawal,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{Authenticator, Principal, Scopes};
 use crate::metrics::{Gauge, Metrics};
-use crate::pipeline::{PipelineStatus, Reply, SubmitError, Submitter, wall_clock_nanos};
+use crate::pipeline::{PipelineStatus, Reply, SubmitError, Submitter};
 use crate::ratelimit::RateLimiter;
 use crate::readmodel::ReadModel;
 use crate::wire::{self, MoneyIn, Problem, json_response, parse_body, parse_money};
@@ -199,6 +199,9 @@ async fn observe(State(app): State<Shared>, request: Request, next: Next) -> Res
             .into_response(),
         },
     };
+    if response.status().is_client_error() && !is_json(&response) {
+        response = plain_rejection_as_problem(response.status()).into_response();
+    }
     let status = response.status();
     response
         .headers_mut()
@@ -212,6 +215,27 @@ async fn observe(State(app): State<Shared>, request: Request, next: Next) -> Res
         tracing::debug!(request_id = ?request_id, %method, route, status = status.as_u16(), latency_us = latency.as_micros() as u64, "request");
     }
     response
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("json"))
+}
+
+/// axum's own rejections (a body over the limit, an unreadable body) are plain text; every
+/// error this node answers is problem+json with a stable code.
+fn plain_rejection_as_problem(status: StatusCode) -> Problem {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            status,
+            "PAYLOAD_TOO_LARGE",
+            "the request body exceeds the node's limit",
+        ),
+        _ => Problem::new(status, "INVALID_REQUEST", "the request could not be read"),
+    }
 }
 
 async fn not_found() -> Problem {
@@ -335,7 +359,8 @@ fn require(principal: &Principal, any_of: Scopes) -> Result<(), Problem> {
 }
 
 /// Scopes that act for any owner.
-const TRUSTED: Scopes = Scopes::SYSTEM.union(Scopes::OPERATOR).union(Scopes::ADMIN);
+/// (`payu:admin` is for the admin endpoints only: it moves and reads no money.)
+const TRUSTED: Scopes = Scopes::SYSTEM.union(Scopes::OPERATOR);
 /// Scopes that may move money at all.
 const MOVERS: Scopes = Scopes::CUSTOMER
     .union(Scopes::SYSTEM)
@@ -399,7 +424,12 @@ impl App {
     ) -> Result<crate::readmodel::AccountView, Problem> {
         self.catch_up().await?;
         match self.read.account(id) {
-            Some(view) if has_any(principal, TRUSTED) || view.owner == principal.owner => Ok(view),
+            Some(view)
+                if has_any(principal, TRUSTED)
+                    || (has_any(principal, Scopes::CUSTOMER) && view.owner == principal.owner) =>
+            {
+                Ok(view)
+            }
             _ => Err(Problem::not_found(
                 "ACCOUNT_NOT_FOUND",
                 format!("no account {}", id.0),
@@ -672,7 +702,7 @@ async fn open_account(State(app): State<Shared>, headers: HeaderMap, body: Bytes
         )
     })?;
     let overdraft_limit = match &input.overdraft_limit {
-        Some(money) => parse_money(money, "overdraft_limit")?.0,
+        Some(money) => wire::parse_limit(money, "overdraft_limit")?,
         None => Amount::ZERO,
     };
     let owner = match &input.owner_id {
@@ -692,7 +722,7 @@ async fn open_account(State(app): State<Shared>, headers: HeaderMap, body: Bytes
             ));
         }
     } else if kind == AccountKind::Settlement {
-        require(&principal, Scopes::OPERATOR.union(Scopes::ADMIN))?;
+        require(&principal, Scopes::OPERATOR)?;
     }
     let key = idempotency_key(&headers, &principal, false)?;
     let command = Command {
@@ -753,7 +783,7 @@ async fn update_account(
     body: Bytes,
 ) -> Answer {
     let principal = app.authenticate(&headers)?;
-    require(&principal, Scopes::OPERATOR.union(Scopes::ADMIN))?;
+    require(&principal, Scopes::OPERATOR)?;
     app.limit(&principal, 1)?;
     let id = AccountId(path_id(id, "account id")?);
     let input: UpdateAccountIn = parse_body(&body)?;
@@ -763,7 +793,7 @@ async fn update_account(
         .map(wire::parse_status)
         .transpose()?;
     let overdraft_limit = match &input.overdraft_limit {
-        Some(money) => Some(parse_money(money, "overdraft_limit")?.0),
+        Some(money) => Some(wire::parse_limit(money, "overdraft_limit")?),
         None => None,
     };
     if status.is_none() && input.tier.is_none() && overdraft_limit.is_none() {
@@ -784,17 +814,21 @@ async fn update_account(
     };
     let reply = app.execute(command).await?;
     let read = Arc::clone(&app.read);
-    let durable = reply.seq;
-    read.wait_for(durable, READ_CATCH_UP_TIMEOUT).await;
+    // The answer is the account as updated: wait for the read model to hold this record.
+    let caught_up = read.wait_for(reply.seq, READ_CATCH_UP_TIMEOUT).await;
     app.answer(reply, |reply| match &reply.outcome.result {
         CommandResult::AccountUpdated { account } => {
-            let view = read.account(*account).ok_or_else(|| {
+            let behind = || {
                 Problem::unavailable(
                     "READ_MODEL_BEHIND",
-                    "updated; the read model has not caught up yet",
+                    "updated; the read model has not caught up yet, GET the account shortly",
                     1,
                 )
-            })?;
+            };
+            let view = read
+                .account(*account)
+                .filter(|_| caught_up)
+                .ok_or_else(behind)?;
             Ok(json_response(StatusCode::OK, wire::account_view(&view)))
         }
         other => non_posted(reply, other),
@@ -943,7 +977,7 @@ async fn history(
     let items: Vec<Value> = page.items.iter().map(wire::txn_view).collect();
     Ok(json_response(
         StatusCode::OK,
-        json!({ "items": items, "next_cursor": page.next_cursor.map(|t| t.0.to_string()) }),
+        json!({ "items": items, "next_cursor": page.next_cursor.map(|t| t.0) }),
     ))
 }
 
@@ -1195,8 +1229,11 @@ struct HoldIn {
     account_id: u64,
     destination_account_id: u64,
     amount: MoneyIn,
-    /// Seconds from now until the hold expires.
-    expires_in_seconds: u64,
+    /// Seconds after the reservation is applied until the hold expires (resolved by the
+    /// engine at the command's journaled timestamp, so a retry with the same key replays).
+    expires_in_seconds: Option<u64>,
+    /// Or an absolute deadline, RFC 3339 (e.g. "2026-11-25T12:00:00Z").
+    expires_at: Option<String>,
 }
 
 async fn hold_reserve(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -1207,9 +1244,18 @@ async fn hold_reserve(State(app): State<Shared>, headers: HeaderMap, body: Bytes
     let (amount, currency) = parse_money(&input.amount, "amount")?;
     let account = AccountId(input.account_id);
     app.authorize_debit(&principal, account).await?;
-    // The deadline is fixed here, before the command is journaled, so replay decides the same.
-    let expires_at = Timestamp(wall_clock_nanos())
-        .saturating_add_nanos(input.expires_in_seconds.saturating_mul(NANOS_PER_SECOND));
+    let expiry = match (input.expires_in_seconds, &input.expires_at) {
+        (Some(seconds), None) => HoldExpiry::After {
+            nanos: seconds.saturating_mul(NANOS_PER_SECOND),
+        },
+        (None, Some(text)) => HoldExpiry::At(wire::parse_timestamp(text, "expires_at")?),
+        _ => {
+            return Err(Problem::bad_request(
+                "INVALID_REQUEST",
+                "give exactly one of expires_in_seconds and expires_at",
+            ));
+        }
+    };
     let command = Command {
         key,
         body: CommandBody::HoldReserve(HoldReserve {
@@ -1217,7 +1263,7 @@ async fn hold_reserve(State(app): State<Shared>, headers: HeaderMap, body: Bytes
             destination: AccountId(input.destination_account_id),
             amount,
             currency,
-            expires_at,
+            expiry,
         }),
     };
     let reply = app.execute(command).await?;
@@ -1225,7 +1271,7 @@ async fn hold_reserve(State(app): State<Shared>, headers: HeaderMap, body: Bytes
         CommandResult::HoldReserved(change) => {
             let mut body = wire::hold_change(change, currency, "active");
             body["destination_id"] = json!(input.destination_account_id);
-            body["expires_at"] = json!(wire::timestamp(expires_at));
+            body["expires_at"] = json!(wire::timestamp(expiry.deadline(reply.timestamp)));
             body["seq"] = json!(reply.seq);
             Ok(json_response(StatusCode::CREATED, body))
         }
@@ -1363,10 +1409,13 @@ async fn get_transaction(State(app): State<Shared>, headers: HeaderMap, id: RawP
         || Problem::not_found("TRANSACTION_NOT_FOUND", format!("no transaction {}", id.0));
     let txn = app.read.transaction(id).ok_or_else(missing)?;
     if !has_any(&principal, TRUSTED) {
+        let customer = has_any(&principal, Scopes::CUSTOMER);
         let own = |account: AccountId| {
-            app.read
-                .account(account)
-                .is_some_and(|view| view.owner == principal.owner)
+            customer
+                && app
+                    .read
+                    .account(account)
+                    .is_some_and(|view| view.owner == principal.owner)
         };
         if !own(txn.debit.account) && !own(txn.credit.account) {
             return Err(missing());

@@ -204,6 +204,28 @@ pub fn parse_money(money: &MoneyIn, field: &str) -> Result<(Amount, Currency), P
     Ok((amount, currency))
 }
 
+/// A limit (e.g. an overdraft): like an amount, but zero is allowed (it means "none").
+pub fn parse_limit(money: &MoneyIn, field: &str) -> Result<Amount, Problem> {
+    let raw = money.value.get();
+    let text = raw.trim_matches('"');
+    let zero = !text.is_empty()
+        && text.bytes().all(|b| matches!(b, b'0' | b'.'))
+        && text.bytes().filter(|b| *b == b'.').count() <= 1;
+    if zero {
+        Currency::from_alpha(&money.currency).ok_or_else(|| {
+            Problem::unprocessable(
+                "UNSUPPORTED_CURRENCY",
+                format!(
+                    "{field}.currency: {:?} is not a supported currency",
+                    money.currency
+                ),
+            )
+        })?;
+        return Ok(Amount::ZERO);
+    }
+    parse_money(money, field).map(|(amount, _)| amount)
+}
+
 pub fn parse_amount_text(raw: &str, field: &str) -> Result<Amount, Problem> {
     let text = match raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
         Some(inner) => inner,
@@ -269,6 +291,57 @@ pub fn parse_date(text: &str, field: &str) -> Result<Date, Problem> {
 pub fn date(value: Date) -> String {
     let (year, month, day) = value.to_ymd();
     format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Parses RFC 3339 (`2026-11-25T12:00:00Z`, optional fraction up to nanoseconds, `Z` or a
+/// `±HH:MM` offset) to UTC nanoseconds.
+pub fn parse_timestamp(text: &str, field: &str) -> Result<Timestamp, Problem> {
+    let invalid = || {
+        Problem::bad_request(
+            "INVALID_REQUEST",
+            format!("{field}: expected an RFC 3339 time such as 2026-11-25T12:00:00Z"),
+        )
+    };
+    let (date_text, rest) = text.split_once(['T', 't']).ok_or_else(invalid)?;
+    let day = parse_date(date_text, field).map_err(|_| invalid())?;
+    let (clock, offset_seconds): (&str, i64) = match rest.strip_suffix(['Z', 'z']) {
+        Some(clock) => (clock, 0),
+        None => {
+            let split = rest.rfind(['+', '-']).ok_or_else(invalid)?;
+            let (clock, offset) = rest.split_at(split);
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let (hours, minutes) = offset[1..].split_once(':').ok_or_else(invalid)?;
+            let hours: i64 = hours.parse().map_err(|_| invalid())?;
+            let minutes: i64 = minutes.parse().map_err(|_| invalid())?;
+            if hours > 23 || minutes > 59 {
+                return Err(invalid());
+            }
+            (clock, sign * (hours * 3600 + minutes * 60))
+        }
+    };
+    let (hms, fraction) = match clock.split_once('.') {
+        Some((hms, fraction)) => (hms, fraction),
+        None => (clock, ""),
+    };
+    let mut parts = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (Some(Some(hour)), Some(Some(minute)), Some(Some(second))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    if hour > 23 || minute > 59 || second > 59 || fraction.len() > 9 {
+        return Err(invalid());
+    }
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let nanos: u64 = match fraction.is_empty() {
+        true => 0,
+        false => format!("{fraction:0<9}").parse().map_err(|_| invalid())?,
+    };
+    let local = i64::from(day.0) * 86_400 + (hour * 3600 + minute * 60 + second) as i64;
+    let utc = u64::try_from(local - offset_seconds).map_err(|_| invalid())?;
+    Ok(Timestamp(utc * 1_000_000_000 + nanos))
 }
 
 /// RFC 3339 UTC with nanoseconds.
@@ -501,6 +574,26 @@ mod tests {
         // 2026-11-25T04:47:08.5Z
         let at = Timestamp(1_795_582_028_500_000_000);
         assert_eq!(timestamp(at), "2026-11-25T04:47:08.500000000Z");
+    }
+
+    #[test]
+    fn rfc3339_times_parse_to_utc() {
+        let parse = |text| parse_timestamp(text, "t").map(|t| t.0).map_err(|p| p.code);
+        let at = 1_795_582_028_500_000_000;
+        assert_eq!(parse("2026-11-25T04:47:08.5Z"), Ok(at));
+        assert_eq!(parse("2026-11-25T11:47:08.500+07:00"), Ok(at));
+        assert_eq!(parse("2026-11-24T23:47:08.5-05:00"), Ok(at));
+        assert_eq!(timestamp(Timestamp(at)), "2026-11-25T04:47:08.500000000Z");
+        for bad in [
+            "2026-11-25",
+            "2026-11-25T25:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "x",
+            "2026-11-25T04:47:08.1234567890Z",
+            "2026-11-25T04:47:08",
+        ] {
+            assert_eq!(parse(bad), Err("INVALID_REQUEST"), "{bad}");
+        }
     }
 
     #[test]
