@@ -311,6 +311,7 @@ async fn openapi() -> Response {
 async fn admin_status(State(app): State<Shared>, headers: HeaderMap) -> Answer {
     let principal = app.authenticate(&headers)?;
     require(&principal, Scopes::ADMIN.union(Scopes::OPERATOR))?;
+    app.limit(&principal, 1)?;
     let status = &app.pipeline;
     let stats = app.read.stats();
     Ok(json_response(
@@ -678,16 +679,12 @@ fn idr() -> String {
 }
 
 fn parse_owner(text: &str) -> Result<OwnerId, Problem> {
-    let hex: String = text.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 {
-        return Err(Problem::bad_request(
+    crate::auth::uuid_value(text).map(OwnerId).ok_or_else(|| {
+        Problem::bad_request(
             "INVALID_REQUEST",
-            "owner_id: expected a UUID",
-        ));
-    }
-    u128::from_str_radix(&hex, 16)
-        .map(OwnerId)
-        .map_err(|_| Problem::bad_request("INVALID_REQUEST", "owner_id: expected a UUID"))
+            "owner_id: expected a hyphenated UUID (8-4-4-4-12 hex digits)",
+        )
+    })
 }
 
 async fn open_account(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -755,6 +752,7 @@ async fn open_account(State(app): State<Shared>, headers: HeaderMap, body: Bytes
 
 async fn get_account(State(app): State<Shared>, headers: HeaderMap, id: RawPath) -> Answer {
     let principal = app.authenticate(&headers)?;
+    app.limit(&principal, 1)?;
     let id = AccountId(path_id(id, "account id")?);
     let view = app.visible_account(&principal, id).await?;
     let mut body = wire::account_view(&view);
@@ -888,6 +886,7 @@ async fn open_pocket(
 
 async fn list_pockets(State(app): State<Shared>, headers: HeaderMap, id: RawPath) -> Answer {
     let principal = app.authenticate(&headers)?;
+    app.limit(&principal, 1)?;
     let id = AccountId(path_id(id, "account id")?);
     let view = app.visible_account(&principal, id).await?;
     let pockets: Vec<Value> = app
@@ -959,6 +958,7 @@ async fn history(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     let principal = app.authenticate(&headers)?;
+    app.limit(&principal, 1)?;
     let id = AccountId(path_id(id, "account id")?);
     let Query(query) =
         query.map_err(|error| Problem::bad_request("INVALID_REQUEST", error.body_text()))?;
@@ -1198,8 +1198,14 @@ async fn refund(State(app): State<Shared>, headers: HeaderMap, id: RawPath, body
         // A refund moves the merchant's money: only the merchant's owner may ask.
         app.catch_up().await?;
         let merchant = app.read.payment(payment).map(|p| p.credit.account);
+        // Another owner's payment answers exactly like a missing one.
+        let not_found =
+            || Problem::not_found("PAYMENT_NOT_FOUND", format!("no payment {}", payment.0));
         match merchant {
-            Some(merchant) => app.authorize_debit(&principal, merchant).await?,
+            Some(merchant) => app
+                .authorize_debit(&principal, merchant)
+                .await
+                .map_err(|_| not_found())?,
             None => {
                 return Err(Problem::not_found(
                     "PAYMENT_NOT_FOUND",
@@ -1282,6 +1288,7 @@ async fn hold_reserve(State(app): State<Shared>, headers: HeaderMap, body: Bytes
 
 async fn get_hold(State(app): State<Shared>, headers: HeaderMap, id: RawPath) -> Answer {
     let principal = app.authenticate(&headers)?;
+    app.limit(&principal, 1)?;
     let id = HoldId(path_id(id, "hold id")?);
     app.catch_up().await?;
     let hold = app
@@ -1403,6 +1410,7 @@ async fn hold_release(State(app): State<Shared>, headers: HeaderMap, id: RawPath
 
 async fn get_transaction(State(app): State<Shared>, headers: HeaderMap, id: RawPath) -> Answer {
     let principal = app.authenticate(&headers)?;
+    app.limit(&principal, 1)?;
     let id = TxnId(path_id(id, "transaction id")?);
     app.catch_up().await?;
     let missing =

@@ -479,7 +479,8 @@ pub fn owner_of_subject(subject: &str) -> OwnerId {
     }
 }
 
-fn uuid_value(text: &str) -> Option<u128> {
+/// A hyphenated 8-4-4-4-12 UUID (any case) as its 128-bit value; anything else is `None`.
+pub fn uuid_value(text: &str) -> Option<u128> {
     let bytes = text.as_bytes();
     if bytes.len() != 36 {
         return None;
