@@ -65,6 +65,10 @@ pub struct NodeInfo {
     pub data_dir: String,
     pub flush_backend: &'static str,
     pub epoch: u64,
+    pub body_limit_bytes: usize,
+    /// The durable seq at start-up: the node is ready once its read model has replayed that
+    /// far (queries before then would answer 503 READ_MODEL_BEHIND).
+    pub ready_after_seq: u64,
 }
 
 impl App {
@@ -182,12 +186,19 @@ async fn observe(State(app): State<Shared>, request: Request, next: Next) -> Res
             HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("unknown"))
         });
     let mut response = match app.in_flight.try_acquire() {
-        Err(_) => Problem::unavailable(
-            "OVERLOADED",
-            "too many requests in flight; retry shortly",
-            1,
-        )
-        .into_response(),
+        Err(_) => {
+            // Read (and drop) the body first: answering with it unread makes the server
+            // close the connection under the client, which then sees a reset, not the 503.
+            // Bounded by the body limit and the request time limit.
+            let body = axum::body::to_bytes(request.into_body(), app.info.body_limit_bytes);
+            let _ = tokio::time::timeout(app.request_timeout, body).await;
+            Problem::unavailable(
+                "OVERLOADED",
+                "too many requests in flight; retry shortly",
+                1,
+            )
+            .into_response()
+        }
         Ok(_permit) => match tokio::time::timeout(app.request_timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => Problem::unavailable(
@@ -267,6 +278,18 @@ async fn readyz(State(app): State<Shared>) -> Response {
     }
     if app.draining.load(Ordering::Acquire) {
         return Problem::unavailable("DRAINING", "the node is shutting down", 1).into_response();
+    }
+    let replayed = app.read.applied_seq();
+    if replayed < app.info.ready_after_seq {
+        return Problem::unavailable(
+            "READ_MODEL_BEHIND",
+            format!(
+                "replaying the journal into the read model: {replayed} of {}",
+                app.info.ready_after_seq
+            ),
+            1,
+        )
+        .into_response();
     }
     json_response(
         StatusCode::OK,

@@ -9,7 +9,9 @@ use payu_engine::EngineConfig;
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
-use crate::pipeline::{PipelineConfig, RING_SIZE_DEFAULT, WaitStrategy};
+use crate::pipeline::{
+    PipelineConfig, RING_SIZE_DEFAULT, RING_SIZE_MAX, RING_SIZE_MIN, WaitStrategy,
+};
 use crate::ratelimit::RateLimitConfig;
 use crate::readmodel::ReadModelConfig;
 
@@ -198,8 +200,11 @@ impl NodeConfig {
         if self.http.in_flight_max == 0 || self.http.request_timeout_ms == 0 {
             return Err("http.in_flight_max and http.request_timeout_ms must be positive".into());
         }
-        if self.pipeline.ring_size < 2 || self.pipeline.ring_size > (1 << 24) {
-            return Err("pipeline.ring_size must be within 2..=16777216".into());
+        let ring = RING_SIZE_MIN..=RING_SIZE_MAX;
+        if !ring.contains(&self.pipeline.ring_size) {
+            return Err(format!(
+                "pipeline.ring_size must be within {RING_SIZE_MIN}..={RING_SIZE_MAX}"
+            ));
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ pub async fn run(
     );
 
     let read = Arc::new(ReadModel::new(config.read_model));
-    read.seed(&restored.engine);
+    read.seed(&restored.engine, journal.first_seq());
     let reader = journal
         .reader(journal.first_seq())
         .map_err(|error| anyhow::anyhow!("read model reader: {error}"))?;
@@ -92,6 +92,7 @@ pub async fn run(
     )
     .context("starting the engine thread")?;
 
+    let app_ready_after = pipeline.status.durable_seq.load(Ordering::Acquire);
     let app = Arc::new(App::new(
         pipeline.submitter.clone(),
         Arc::clone(&read),
@@ -104,6 +105,8 @@ pub async fn run(
             data_dir: config.data_dir.display().to_string(),
             flush_backend,
             epoch,
+            body_limit_bytes: config.http.body_limit_bytes,
+            ready_after_seq: app_ready_after,
         },
     ));
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -29,6 +29,10 @@ use crate::metrics::Metrics;
 pub const BATCH_COMMANDS_MAX: usize = 4096;
 /// The ring's default capacity in commands (a power of two).
 pub const RING_SIZE_DEFAULT: usize = 1 << 16;
+/// The smallest ring the disruptor's multi-producer barrier supports.
+pub const RING_SIZE_MIN: usize = 64;
+/// The largest ring accepted (its slots are allocated up front).
+pub const RING_SIZE_MAX: usize = 1 << 24;
 /// Producer handles shared by the gateway's tasks; each is used under its own lock.
 const PRODUCERS: usize = 8;
 /// The longest an idle engine thread sleeps before it looks again (also bounds how late a
@@ -262,7 +266,10 @@ impl Pipeline {
     where
         S: Storage + Send + 'static,
     {
-        let ring_size = config.ring_size.max(2).next_power_of_two();
+        let ring_size = config
+            .ring_size
+            .clamp(RING_SIZE_MIN, RING_SIZE_MAX)
+            .next_power_of_two();
         let builder = disruptor::build_multi_producer(ring_size, Slot::default, BusySpin);
         let (poller, builder) = builder.new_event_poller();
         let first = builder.build();

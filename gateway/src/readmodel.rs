@@ -234,11 +234,16 @@ impl ReadModel {
     /// index and history (and fill in `opened_seq`/`opened_at` and finished holds), never
     /// balances, held amounts or statuses: their effects are already in the seed.
     ///
+    /// `history_from` is the first seq that will be applied after the seed (the journal's
+    /// first retained seq). Until the records up to the seed's seq have been replayed into the
+    /// history, `applied_seq` stays below the seed, so queries that wait for the durable seq
+    /// (read-your-writes) wait for the history too, not only for balances.
+    ///
     /// Must be called before any record is applied (asserted).
-    pub fn seed(&self, engine: &Engine) {
+    pub fn seed(&self, engine: &Engine, history_from: u64) {
         let applied = {
             let mut state = self.write();
-            state.seed(engine);
+            state.seed(engine, history_from);
             state.applied_seq()
         };
         self.publish(applied);
@@ -452,6 +457,8 @@ struct At {
 struct State {
     /// The seq of the engine state the model was seeded from.
     seed_seq: Option<u64>,
+    /// The first seq applied after the seed (the journal's first retained record).
+    history_from: u64,
     last_record_seq: Option<u64>,
     accounts: Accounts,
     pockets: Pockets,
@@ -463,6 +470,7 @@ impl State {
     fn new(config: ReadModelConfig) -> State {
         State {
             seed_seq: None,
+            history_from: 1,
             last_record_seq: None,
             accounts: Accounts::default(),
             pockets: Pockets::default(),
@@ -471,17 +479,25 @@ impl State {
         }
     }
 
+    /// The seq up to which every view, history included, is complete.
     fn applied_seq(&self) -> u64 {
-        let seed = self.seed_seq.unwrap_or(0);
-        seed.max(self.last_record_seq.unwrap_or(0))
+        let replayed = self
+            .last_record_seq
+            .unwrap_or(self.history_from.saturating_sub(1));
+        match self.seed_seq {
+            // Nothing up to the seed is left to replay: the seed itself is complete.
+            Some(seed) if self.history_from > seed => seed.max(replayed),
+            _ => replayed,
+        }
     }
 
-    fn seed(&mut self, engine: &Engine) {
+    fn seed(&mut self, engine: &Engine, history_from: u64) {
         assert!(
             self.seed_seq.is_none() && self.last_record_seq.is_none(),
             "a read model is seeded once, before any record is applied"
         );
         self.seed_seq = Some(engine.last_seq());
+        self.history_from = history_from;
         for (id, account) in engine.accounts() {
             self.accounts.insert(seeded_view(id, account));
             if let Some(pocket) = engine.pocket(id) {
@@ -1743,16 +1759,19 @@ mod tests {
 
             // Seeded, then fed the whole journal: the same as the model fed from genesis.
             let seeded = ReadModel::new(ReadModelConfig::default());
-            seeded.seed(&restored);
-            assert_eq!(seeded.applied_seq(), k as u64);
+            seeded.seed(&restored, 1);
+            // History up to the seed is still to be replayed: not caught up yet.
+            assert_eq!(seeded.applied_seq(), 0);
+            seeded.apply_batch(&h.log[..k]);
             assert_matches_engine(&seeded, &restored, h.holds_issued);
-            seeded.apply_batch(&h.log);
+            seeded.apply_batch(&h.log[k..]);
             assert_same_views(&seeded, &h.model, accounts, h.holds_issued, txns);
 
             // Seeded, then fed only what follows the snapshot (the node's usual start): the
             // same balances, holds and statuses.
             let tail_only = ReadModel::new(ReadModelConfig::default());
-            tail_only.seed(&restored);
+            tail_only.seed(&restored, k as u64 + 1);
+            assert_eq!(tail_only.applied_seq(), k as u64);
             tail_only.apply_batch(&h.log[k..]);
             assert_matches_engine(&tail_only, &h.engine, h.holds_issued);
             let later = postings(&h.log[k..]);
