@@ -22,7 +22,7 @@ use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use payu_engine::Engine;
@@ -61,7 +61,7 @@ const BASELINE_FILE_NAME: &str = "fdatasync-baseline.bin";
 /// starts with the same page-cache layout (the folio size follows the write size).
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 /// What the baseline writes: not zeros, so no layer can skip the write as a no-op.
-const BASELINE_FILL_BYTE: u8 = 0xa5;
+pub(crate) const BASELINE_FILL_BYTE: u8 = 0xa5;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct JournalArgs {
@@ -142,7 +142,7 @@ fn write_mode_name(mode: WriteMode) -> &'static str {
 }
 
 /// The mode as the command line spells it.
-fn flush_mode_name(mode: FlushMode) -> &'static str {
+pub(crate) fn flush_mode_name(mode: FlushMode) -> &'static str {
     match mode {
         FlushMode::Auto => "auto",
         FlushMode::IoUring => "io-uring",
@@ -343,16 +343,24 @@ impl Plan {
 // ---- the run directory ----
 
 /// A fresh directory for the run, removed at the end (or on an error) unless it is kept.
-enum RunDir {
+pub(crate) enum RunDir {
     Removed(TempDir),
     Kept(PathBuf),
 }
 
 impl RunDir {
-    fn create(parent: &Path, keep: bool) -> anyhow::Result<RunDir> {
+    pub(crate) fn create(parent: &Path, keep: bool) -> anyhow::Result<RunDir> {
+        RunDir::create_with_prefix(parent, RUN_DIR_PREFIX, keep)
+    }
+
+    pub(crate) fn create_with_prefix(
+        parent: &Path,
+        prefix: &str,
+        keep: bool,
+    ) -> anyhow::Result<RunDir> {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         let dir = tempfile::Builder::new()
-            .prefix(RUN_DIR_PREFIX)
+            .prefix(prefix)
             .tempdir_in(parent)
             .with_context(|| format!("creating a run directory in {}", parent.display()))?;
         Ok(match keep {
@@ -361,21 +369,21 @@ impl RunDir {
         })
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             RunDir::Removed(dir) => dir.path(),
             RunDir::Kept(path) => path,
         }
     }
 
-    fn finish(self) -> anyhow::Result<()> {
+    pub(crate) fn finish(self) -> anyhow::Result<()> {
         match self {
             RunDir::Removed(dir) => {
                 let path = dir.path().display().to_string();
                 dir.close().with_context(|| format!("removing {path}"))
             }
             RunDir::Kept(path) => {
-                eprintln!("payu-bench journal: kept {}", path.display());
+                eprintln!("payu-bench: kept {}", path.display());
                 Ok(())
             }
         }
@@ -409,14 +417,14 @@ fn run_baselines(
 
 /// A plain file preallocated like a journal segment (zeros really written and synced, so no
 /// flush pays for block allocation), appended to in place and wrapping at its end.
-struct BaselineFile {
+pub(crate) struct BaselineFile {
     file: File,
     len: u64,
     offset: u64,
 }
 
 impl BaselineFile {
-    fn create(path: &Path, len: u64) -> anyhow::Result<BaselineFile> {
+    pub(crate) fn create(path: &Path, len: u64) -> anyhow::Result<BaselineFile> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -455,21 +463,9 @@ impl BaselineFile {
         let started = Instant::now();
         for records in plan.batch_lens() {
             let bytes = &buffer[..(records * plan.record_bytes) as usize];
-            if self.offset + bytes.len() as u64 > self.len {
-                self.offset = SEGMENT_HEADER_LEN;
-            }
-            let write_started = Instant::now();
-            self.file
-                .write_all_at(bytes, self.offset)
-                .context("writing the baseline file")?;
-            let sync_started = Instant::now();
-            self.file
-                .sync_data()
-                .context("fdatasync of the baseline file")?;
-            let done = Instant::now();
-            sync_latency.record(done - sync_started);
-            write_and_sync_latency.record(done - write_started);
-            self.offset += bytes.len() as u64;
+            let timed = self.write_and_sync(bytes)?;
+            sync_latency.record(timed.sync);
+            write_and_sync_latency.record(timed.write_and_sync);
         }
         let seconds = started.elapsed().as_secs_f64();
         let written = device_written(device, device_before, plan);
@@ -490,6 +486,44 @@ impl BaselineFile {
         });
         let report = report::merge(fields, sync_latency.summary());
         Ok((report::merge(report, written), p99_us))
+    }
+}
+
+/// The time one baseline flush took.
+pub(crate) struct BaselineTimes {
+    /// The fdatasync alone.
+    pub sync: Duration,
+    /// The pwrite before it, and the fdatasync.
+    pub write_and_sync: Duration,
+}
+
+impl BaselineFile {
+    /// Writes `bytes` at the next offset (wrapping to the start at the end of the file), then
+    /// fdatasyncs: what one group commit of those bytes must do.
+    pub(crate) fn write_and_sync(&mut self, bytes: &[u8]) -> anyhow::Result<BaselineTimes> {
+        ensure!(
+            SEGMENT_HEADER_LEN + bytes.len() as u64 <= self.len,
+            "{} bytes do not fit the {}-byte baseline file",
+            bytes.len(),
+            self.len
+        );
+        if self.offset + bytes.len() as u64 > self.len {
+            self.offset = SEGMENT_HEADER_LEN;
+        }
+        let write_started = Instant::now();
+        self.file
+            .write_all_at(bytes, self.offset)
+            .context("writing the baseline file")?;
+        let sync_started = Instant::now();
+        self.file
+            .sync_data()
+            .context("fdatasync of the baseline file")?;
+        let done = Instant::now();
+        self.offset += bytes.len() as u64;
+        Ok(BaselineTimes {
+            sync: done - sync_started,
+            write_and_sync: done - write_started,
+        })
     }
 }
 

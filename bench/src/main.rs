@@ -1,13 +1,16 @@
 //! `payu-bench`: PayU Core's in-process benchmarks (DESIGN.md §7, §8).
 //!
 //! Each subcommand prints one JSON object per scenario on stdout and progress on stderr, so
-//! `payu-bench engine > results.jsonl` captures only the measurements. A subcommand for the
-//! ring joins `engine` and `journal` here when that crate lands.
+//! `payu-bench engine > results.jsonl` captures only the measurements. `http-setup` is the one
+//! subcommand that measures nothing: it prepares a running node for an HTTP load generator.
 
 mod engine;
+mod fdatasync;
 mod history;
+mod http_setup;
 mod journal;
 mod ledger_setup;
+mod pipeline;
 mod report;
 mod workload;
 
@@ -31,6 +34,14 @@ enum BenchCommand {
     /// The journal alone with real flushes (group commit per batch size) against a bare
     /// fdatasync of the same bytes, then reopen, read and replay.
     Journal(journal::JournalArgs),
+    /// The node's write path in-process: ring, engine thread and journal with real group
+    /// commits, driven by producer threads, against a bare fdatasync of the same bytes.
+    Pipeline(pipeline::PipelineArgs),
+    /// A bare pwrite + fdatasync loop of given sizes: the baseline beside the HTTP load.
+    Fdatasync(fdatasync::FdatasyncArgs),
+    /// Prepares a running node for the HTTP load in bench/http/: opens a settlement account
+    /// and N funded customer accounts through the API and prints their ids (measures nothing).
+    HttpSetup(http_setup::HttpSetupArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +51,9 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         BenchCommand::Engine(args) => engine::run(args, &mut out),
         BenchCommand::Journal(args) => journal::run(args, &mut out),
+        BenchCommand::Pipeline(args) => pipeline::run(args, &mut out),
+        BenchCommand::Fdatasync(args) => fdatasync::run(args, &mut out),
+        BenchCommand::HttpSetup(args) => http_setup::run(args, &mut out),
     }
 }
 
@@ -98,7 +112,7 @@ mod tests {
         let cli = parse(&[&["journal"][..], args].concat())?;
         match cli.command {
             BenchCommand::Journal(args) => Ok(args),
-            BenchCommand::Engine(_) => panic!("parsed as the engine subcommand"),
+            other => panic!("parsed as another subcommand: {other:?}"),
         }
     }
 
@@ -116,6 +130,53 @@ mod tests {
         assert!(args.dir.is_none() && !args.keep);
         let settings = journal::Settings::from_args(&args);
         assert_eq!(settings.segment_bytes, 128 << 20);
+    }
+
+    fn parse_pipeline(args: &[&str]) -> Result<pipeline::PipelineArgs, clap::Error> {
+        let cli = parse(&[&["pipeline"][..], args].concat())?;
+        match cli.command {
+            BenchCommand::Pipeline(args) => Ok(args),
+            other => panic!("parsed as another subcommand: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pipeline_defaults_match_the_documented_run() {
+        // The run: 1M funded accounts, 2M transfers, 2 producers with 4096 outstanding
+        // each, the node's ring size, park, single transfers, auto flush backend.
+        let args = parse_pipeline(&[]).expect("defaults parse");
+        assert_eq!(
+            (args.accounts, args.transfers, args.producers, args.window),
+            (1_000_000, 2_000_000, 2, 4096)
+        );
+        assert_eq!(args.ring_size, 1 << 16);
+        assert_eq!(args.wait.0, [payu_gateway::pipeline::WaitStrategy::Park]);
+        assert_eq!(args.batch, None);
+        assert_eq!(args.flush_mode, journal::FlushModeArg::Auto);
+        let all = parse_pipeline(&["--wait", "all", "--batch", "8190"]).expect("valid");
+        assert_eq!(all.wait.0.len(), 3);
+        assert_eq!(all.batch, Some(8190));
+    }
+
+    #[test]
+    fn bad_pipeline_arguments_are_refused() {
+        // Unbounded, empty or unknown settings must not start a run.
+        for bad in [
+            &["--transfers", "0"][..],
+            &["--transfers", "20000001"],
+            &["--accounts", "1"],
+            &["--producers", "0"],
+            &["--producers", "17"],
+            &["--window", "0"],
+            &["--ring-size", "1"],
+            &["--ring-size", "16777217"],
+            &["--batch", "0"],
+            &["--batch", "8191"],
+            &["--wait", "busy"],
+            &["--wait", "sleep:"],
+        ] {
+            assert!(parse_pipeline(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

@@ -35,6 +35,13 @@ impl Latency {
         self.histogram.saturating_record(nanos.max(1));
     }
 
+    /// Adds every sample of `other` (another thread's histogram, say).
+    pub fn add(&mut self, other: &Latency) -> anyhow::Result<()> {
+        self.histogram
+            .add(&other.histogram)
+            .context("merging latency histograms")
+    }
+
     pub fn quantile_us(&self, quantile: f64) -> f64 {
         nanos_to_us(self.histogram.value_at_quantile(quantile))
     }
@@ -157,6 +164,51 @@ impl DeviceWrites {
     }
 }
 
+/// How long a thread has run on a CPU, and how long it sat runnable waiting for one, in
+/// seconds (/proc/.../schedstat: nanoseconds, exact).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SchedTimes {
+    pub running: f64,
+    pub runnable_waiting: f64,
+}
+
+impl SchedTimes {
+    /// The times spent since `earlier`.
+    pub fn since(self, earlier: SchedTimes) -> SchedTimes {
+        SchedTimes {
+            running: self.running - earlier.running,
+            runnable_waiting: self.runnable_waiting - earlier.runnable_waiting,
+        }
+    }
+}
+
+/// The calling thread's times so far, where Linux provides them.
+pub fn current_thread_sched() -> Option<SchedTimes> {
+    schedstat(Path::new("/proc/thread-self/schedstat"))
+}
+
+/// The times of the first thread of this process named `name` (its `comm`, at most 15 bytes),
+/// where Linux provides them; `None` if no such thread is alive.
+pub fn thread_sched(name: &str) -> Option<SchedTimes> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    tasks.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        (comm.trim_end() == name)
+            .then(|| schedstat(&task.path().join("schedstat")))
+            .flatten()
+    })
+}
+
+fn schedstat(path: &Path) -> Option<SchedTimes> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut fields = text.split_whitespace();
+    let mut seconds = || -> Option<f64> { Some(fields.next()?.parse::<u64>().ok()? as f64 / 1e9) };
+    Some(SchedTimes {
+        running: seconds()?,
+        runnable_waiting: seconds()?,
+    })
+}
+
 /// "release" or "debug": a debug build's numbers are not comparable to anything.
 pub fn build() -> &'static str {
     if cfg!(debug_assertions) {
@@ -240,6 +292,24 @@ mod tests {
             .expect("sync");
         let after = writes.bytes_written().expect("counter readable");
         assert!(after >= before + (64 << 10), "{before} -> {after}");
+    }
+
+    #[test]
+    fn thread_sched_times_are_readable_on_linux() {
+        // The pipeline benchmark reports the engine thread's CPU time by thread name.
+        if cfg!(target_os = "linux") {
+            let spun = std::thread::Builder::new()
+                .name("payu-cpu-probe".into())
+                .spawn(|| {
+                    let own = current_thread_sched().expect("own schedstat");
+                    let named = thread_sched("payu-cpu-probe").expect("found by name");
+                    assert!(own.running >= 0.0 && named.runnable_waiting >= 0.0);
+                    assert!(named.since(own).running >= 0.0, "time went backwards");
+                })
+                .expect("spawn");
+            spun.join().expect("the probe thread passed");
+            assert!(thread_sched("no-such-thread").is_none());
+        }
     }
 
     #[test]
