@@ -29,7 +29,7 @@ use crate::metrics::{Gauge, Metrics};
 use crate::pipeline::{PipelineStatus, Reply, SubmitError, Submitter};
 use crate::ratelimit::RateLimiter;
 use crate::readmodel::ReadModel;
-use crate::wire::{self, MoneyIn, Problem, json_response, parse_body, parse_money};
+use crate::wire::{self, MoneyIn, PostedOut, Problem, json_response, parse_body, parse_money};
 
 /// The OpenAPI document, kept in docs/ and served at /openapi.json.
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
@@ -574,10 +574,13 @@ type RawPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
 /// What a posted movement looks like on the wire.
 fn posted_response(reply: &Reply, currency: Currency, kind: &str) -> Answer {
     match &reply.outcome.result {
-        CommandResult::Posted(posted) => Ok(json_response(
-            StatusCode::CREATED,
-            wire::posted(posted, currency, kind, reply.seq, reply.timestamp),
-        )),
+        CommandResult::Posted(posted) => {
+            let created_at = wire::timestamp(reply.timestamp);
+            Ok(wire::typed_response(
+                StatusCode::CREATED,
+                &PostedOut::new(posted, currency, kind, reply.seq, &created_at),
+            ))
+        }
         other => non_posted(reply, other),
     }
 }
@@ -1111,6 +1114,32 @@ struct BatchIn {
     transfers: Vec<TransferIn>,
 }
 
+#[derive(serde::Serialize)]
+struct BatchOut<'a> {
+    seq: u64,
+    posted: usize,
+    rejected: usize,
+    results: Vec<BatchResultOut<'a>>,
+}
+
+// Short-lived rendering values, one Vec per answer: boxing the big variant would only add
+// an allocation per item.
+#[allow(clippy::large_enum_variant)]
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum BatchResultOut<'a> {
+    Posted {
+        index: usize,
+        status: &'static str,
+        transaction: PostedOut<'a>,
+    },
+    Rejected {
+        index: usize,
+        status: &'static str,
+        code: &'static str,
+    },
+}
+
 async fn transfer_batch(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Answer {
     let principal = app.authenticate(&headers)?;
     let key = idempotency_key(&headers, &principal, true)?;
@@ -1147,25 +1176,42 @@ async fn transfer_batch(State(app): State<Shared>, headers: HeaderMap, body: Byt
     let reply = app.execute(command).await?;
     app.answer(reply, |reply| match &reply.outcome.result {
         CommandResult::Batch(items) => {
-            let mut posted = 0;
-            let results: Vec<Value> = items
+            let created_at = wire::timestamp(reply.timestamp);
+            let results: Vec<BatchResultOut> = items
                 .iter()
                 .zip(&currencies)
                 .enumerate()
                 .map(|(index, (item, currency))| match item {
-                    BatchItem::Posted(p) => {
-                        posted += 1;
-                        json!({"index": index, "status": "posted",
-                               "transaction": wire::posted(p, *currency, "transfer", reply.seq, reply.timestamp)})
-                    }
-                    BatchItem::Rejected(code) => {
-                        json!({"index": index, "status": "rejected", "code": code.code()})
-                    }
+                    BatchItem::Posted(p) => BatchResultOut::Posted {
+                        index,
+                        status: "posted",
+                        transaction: PostedOut::new(
+                            p,
+                            *currency,
+                            "transfer",
+                            reply.seq,
+                            &created_at,
+                        ),
+                    },
+                    BatchItem::Rejected(code) => BatchResultOut::Rejected {
+                        index,
+                        status: "rejected",
+                        code: code.code(),
+                    },
                 })
                 .collect();
-            Ok(json_response(
+            let posted = items
+                .iter()
+                .filter(|item| matches!(item, BatchItem::Posted(_)))
+                .count();
+            Ok(wire::typed_response(
                 StatusCode::OK,
-                json!({"seq": reply.seq, "posted": posted, "rejected": items.len() - posted, "results": results}),
+                &BatchOut {
+                    seq: reply.seq,
+                    posted,
+                    rejected: items.len() - posted,
+                    results,
+                },
             ))
         }
         other => non_posted(reply, other),

@@ -158,7 +158,15 @@ impl IntoResponse for Problem {
 
 /// A JSON success answer.
 pub fn json_response(status: StatusCode, body: Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
+    typed_response(status, &body)
+}
+
+/// A JSON success answer serialised straight from typed structs (the hot paths: no
+/// intermediate `Value` tree per item).
+pub fn typed_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    // Serialising plain structs and strings into a Vec cannot fail.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = (status, bytes).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -266,7 +274,7 @@ pub fn parse_amount_text(raw: &str, field: &str) -> Result<Amount, Problem> {
 
 /// An amount as the wire shows it: an exact decimal string, plus the currency.
 pub fn money(units: i128, currency: Currency) -> Value {
-    json!({ "value": units_to_decimal(units).normalize().to_string(), "currency": currency_code(currency) })
+    json!({ "value": UnitsText(units).to_string(), "currency": currency_code(currency) })
 }
 
 pub fn amount(value: Amount, currency: Currency) -> Value {
@@ -441,25 +449,106 @@ pub fn pocket_view(view: &PocketView, currency: Currency) -> Value {
     })
 }
 
-pub fn posting(posting: &Posting, currency: Currency) -> Value {
-    json!({
-        "account_id": posting.account.0,
-        "amount": amount(posting.amount, currency),
-        "balance_after": money(posting.balance_after, currency),
-    })
+/// Units of 10^-4 as an exact decimal string without trailing zeros ("1000.5", "-3", "0"):
+/// the same text as `units_to_decimal(units).normalize()`, without building a `Decimal`.
+pub struct UnitsText(pub i128);
+
+impl std::fmt::Display for UnitsText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scale = 10u128.pow(payu_engine::AMOUNT_SCALE);
+        let magnitude = self.0.unsigned_abs();
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let (whole, mut fraction) = (magnitude / scale, magnitude % scale);
+        if fraction == 0 {
+            return write!(f, "{sign}{whole}");
+        }
+        let mut digits = payu_engine::AMOUNT_SCALE as usize;
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            digits -= 1;
+        }
+        write!(f, "{sign}{whole}.{fraction:0digits$}")
+    }
+}
+
+impl serde::Serialize for UnitsText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// `{"value": "<exact decimal>", "currency": "IDR"}`.
+#[derive(serde::Serialize)]
+pub struct MoneyOut {
+    pub value: UnitsText,
+    pub currency: &'static str,
+}
+
+impl MoneyOut {
+    pub fn new(units: i128, currency: Currency) -> MoneyOut {
+        MoneyOut {
+            value: UnitsText(units),
+            currency: currency_code(currency),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+pub struct PostingOut {
+    pub account_id: u64,
+    pub amount: MoneyOut,
+    pub balance_after: MoneyOut,
+}
+
+impl PostingOut {
+    pub fn new(posting: &Posting, currency: Currency) -> PostingOut {
+        PostingOut {
+            account_id: posting.account.0,
+            amount: MoneyOut::new(i128::from(posting.amount.0), currency),
+            balance_after: MoneyOut::new(posting.balance_after, currency),
+        }
+    }
+}
+
+/// A posted movement as the wire shows it. `created_at` is borrowed: a batch renders its
+/// one timestamp once for all items.
+#[derive(serde::Serialize)]
+pub struct PostedOut<'a> {
+    pub id: u64,
+    pub kind: &'a str,
+    pub status: &'static str,
+    pub amount: MoneyOut,
+    pub debit: PostingOut,
+    pub credit: PostingOut,
+    pub seq: u64,
+    pub created_at: &'a str,
+}
+
+impl<'a> PostedOut<'a> {
+    pub fn new(
+        posted: &Posted,
+        currency: Currency,
+        kind: &'a str,
+        seq: u64,
+        created_at: &'a str,
+    ) -> PostedOut<'a> {
+        PostedOut {
+            id: posted.txn.0,
+            kind,
+            status: "completed",
+            amount: MoneyOut::new(i128::from(posted.debit.amount.0), currency),
+            debit: PostingOut::new(&posted.debit, currency),
+            credit: PostingOut::new(&posted.credit, currency),
+            seq,
+            created_at,
+        }
+    }
 }
 
 pub fn posted(posted: &Posted, currency: Currency, kind: &str, seq: u64, at: Timestamp) -> Value {
-    json!({
-        "id": posted.txn.0,
-        "kind": kind,
-        "status": "completed",
-        "amount": amount(posted.debit.amount, currency),
-        "debit": posting(&posted.debit, currency),
-        "credit": posting(&posted.credit, currency),
-        "seq": seq,
-        "created_at": timestamp(at),
-    })
+    let created_at = timestamp(at);
+    serde_json::to_value(PostedOut::new(posted, currency, kind, seq, &created_at))
+        .unwrap_or(Value::Null)
 }
 
 pub fn txn_kind_name(kind: TxnKind) -> &'static str {
@@ -566,6 +655,29 @@ mod tests {
         assert_eq!(units("1.00001"), Err("AMOUNT_TOO_PRECISE"));
         assert_eq!(units("1000000000000000"), Err("AMOUNT_OUT_OF_RANGE"));
         assert_eq!(units("1e40"), Err("INVALID_AMOUNT"));
+    }
+
+    #[test]
+    fn units_render_like_a_normalised_decimal() {
+        let samples = [
+            0i128,
+            1,
+            -1,
+            10,
+            5_000,
+            10_000,
+            -10_005_000,
+            1_500_002_500,
+            i128::from(AMOUNT_UNITS_MAX),
+            -payu_engine::BALANCE_UNITS_MAX,
+        ];
+        for units in samples {
+            assert_eq!(
+                UnitsText(units).to_string(),
+                units_to_decimal(units).normalize().to_string(),
+                "{units}"
+            );
+        }
     }
 
     #[test]
