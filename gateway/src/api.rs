@@ -1009,64 +1009,72 @@ async fn history(
 
 // ---- money movement -----------------------------------------------------------------------
 
+/// A deposit or a withdrawal: money between a settlement account and another account.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DepositIn {
+struct SettlementIn {
     settlement_account_id: u64,
     account_id: u64,
     amount: MoneyIn,
 }
 
 async fn deposit(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Answer {
-    let principal = app.authenticate(&headers)?;
-    require(&principal, Scopes::OPERATOR.union(Scopes::SYSTEM))?;
-    app.limit(&principal, 1)?;
-    let key = idempotency_key(&headers, &principal, true)?;
-    let input: DepositIn = parse_body(&body)?;
-    let (amount, currency) = parse_money(&input.amount, "amount")?;
-    let command = Command {
-        key,
-        body: CommandBody::Deposit(Deposit {
-            settlement: AccountId(input.settlement_account_id),
-            account: AccountId(input.account_id),
-            amount,
-            currency,
-        }),
-    };
-    let reply = app.execute(command).await?;
-    app.answer(reply, |reply| posted_response(reply, currency, "deposit"))
-        .await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WithdrawalIn {
-    account_id: u64,
-    settlement_account_id: u64,
-    amount: MoneyIn,
+    settlement_movement(
+        &app,
+        &headers,
+        &body,
+        "deposit",
+        |input, amount, currency| {
+            CommandBody::Deposit(Deposit {
+                settlement: AccountId(input.settlement_account_id),
+                account: AccountId(input.account_id),
+                amount,
+                currency,
+            })
+        },
+    )
+    .await
 }
 
 async fn withdrawal(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Answer {
-    let principal = app.authenticate(&headers)?;
+    settlement_movement(
+        &app,
+        &headers,
+        &body,
+        "withdrawal",
+        |input, amount, currency| {
+            CommandBody::Withdrawal(Withdrawal {
+                account: AccountId(input.account_id),
+                settlement: AccountId(input.settlement_account_id),
+                amount,
+                currency,
+            })
+        },
+    )
+    .await
+}
+
+/// Deposits and withdrawals: operator or system scope, then the movement `build` describes.
+async fn settlement_movement(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    kind: &'static str,
+    build: impl FnOnce(&SettlementIn, Amount, Currency) -> CommandBody,
+) -> Answer {
+    let principal = app.authenticate(headers)?;
     require(&principal, Scopes::OPERATOR.union(Scopes::SYSTEM))?;
     app.limit(&principal, 1)?;
-    let key = idempotency_key(&headers, &principal, true)?;
-    let input: WithdrawalIn = parse_body(&body)?;
+    let key = idempotency_key(headers, &principal, true)?;
+    let input: SettlementIn = parse_body(body)?;
     let (amount, currency) = parse_money(&input.amount, "amount")?;
     let command = Command {
         key,
-        body: CommandBody::Withdrawal(Withdrawal {
-            account: AccountId(input.account_id),
-            settlement: AccountId(input.settlement_account_id),
-            amount,
-            currency,
-        }),
+        body: build(&input, amount, currency),
     };
     let reply = app.execute(command).await?;
-    app.answer(reply, |reply| {
-        posted_response(reply, currency, "withdrawal")
-    })
-    .await
+    app.answer(reply, |reply| posted_response(reply, currency, kind))
+        .await
 }
 
 #[derive(Deserialize)]

@@ -160,6 +160,16 @@ struct Slot {
     request: Mutex<Option<Request>>,
 }
 
+impl Slot {
+    /// Takes the request out (the engine thread's side).
+    fn take(&self) -> Option<Request> {
+        self.request
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
 type RingProducer = disruptor::MultiProducer<Slot, SingleConsumerBarrier>;
 type RingPoller = EventPoller<Slot, disruptor::MultiProducerBarrier>;
 
@@ -455,12 +465,7 @@ impl<S: Storage> EngineWorker<S> {
                 Err(Polling::Shutdown) => return Ok(Taken::Shutdown),
             };
             for slot in &mut events {
-                let request = slot
-                    .request
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .take();
-                self.taken.extend(request);
+                self.taken.extend(slot.take());
             }
             // Dropping `events` hands the slots back to the producers before the batch is
             // applied: the ring refills while the engine works.
@@ -581,12 +586,7 @@ impl<S: Storage> EngineWorker<S> {
         // Requests still in the ring are answered too: nothing will apply them.
         while let Ok(mut events) = self.poller.poll() {
             for slot in &mut events {
-                let request = slot
-                    .request
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .take();
-                if let Some(request) = request {
+                if let Some(request) = slot.take() {
                     let _ = request.reply.send(Err(failed.clone()));
                 }
             }

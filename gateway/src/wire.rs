@@ -199,7 +199,13 @@ pub struct MoneyIn {
 /// DECIMAL(19,4). The value may be a JSON number or a string; either is parsed from its text,
 /// never through a float.
 pub fn parse_money(money: &MoneyIn, field: &str) -> Result<(Amount, Currency), Problem> {
-    let currency = Currency::from_alpha(&money.currency).ok_or_else(|| {
+    let currency = parse_currency(money, field)?;
+    let amount = parse_amount_text(money.value.get(), field)?;
+    Ok((amount, currency))
+}
+
+fn parse_currency(money: &MoneyIn, field: &str) -> Result<Currency, Problem> {
+    Currency::from_alpha(&money.currency).ok_or_else(|| {
         Problem::unprocessable(
             "UNSUPPORTED_CURRENCY",
             format!(
@@ -207,9 +213,7 @@ pub fn parse_money(money: &MoneyIn, field: &str) -> Result<(Amount, Currency), P
                 money.currency
             ),
         )
-    })?;
-    let amount = parse_amount_text(money.value.get(), field)?;
-    Ok((amount, currency))
+    })
 }
 
 /// A limit (e.g. an overdraft): like an amount, but zero is allowed (it means "none").
@@ -220,15 +224,7 @@ pub fn parse_limit(money: &MoneyIn, field: &str) -> Result<Amount, Problem> {
         && text.bytes().all(|b| matches!(b, b'0' | b'.'))
         && text.bytes().filter(|b| *b == b'.').count() <= 1;
     if zero {
-        Currency::from_alpha(&money.currency).ok_or_else(|| {
-            Problem::unprocessable(
-                "UNSUPPORTED_CURRENCY",
-                format!(
-                    "{field}.currency: {:?} is not a supported currency",
-                    money.currency
-                ),
-            )
-        })?;
+        parse_currency(money, field)?;
         return Ok(Amount::ZERO);
     }
     parse_money(money, field).map(|(amount, _)| amount)
