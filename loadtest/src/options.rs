@@ -366,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_issue_commands_parse() {
-        // The three runs docs/LOADTEST_RUNS.md records must be accepted as written.
+        // The three runs docs/PERFORMANCE.md ("Load tests") records must be accepted as written.
         let fixed =
             parse(&["--data-dir", "d", "--rate", "1000", "--duration", "60s"]).expect("fixed");
         fixed.validate().expect("valid");
