@@ -68,7 +68,11 @@ pub async fn run(
         .reader(journal.first_seq())
         .map_err(|error| anyhow::anyhow!("read model reader: {error}"))?;
     let stop_tailer = Arc::new(AtomicBool::new(false));
-    let tailer = spawn_tailer(Arc::clone(&read), reader, Arc::clone(&stop_tailer));
+    let tailer = Arc::new(spawn_tailer(
+        Arc::clone(&read),
+        reader,
+        Arc::clone(&stop_tailer),
+    ));
 
     let mut auth_config: AuthConfig = config.auth.keys.clone();
     if config.auth.dev_secret {
@@ -116,15 +120,20 @@ pub async fn run(
     tracing::info!(address = %local, "listening");
     on_listening(local);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let failed = Arc::clone(&pipeline.status);
     let draining_app = Arc::clone(&app);
+    let watched_tailer = Arc::clone(&tailer);
+    let read_model_failed = Arc::new(AtomicBool::new(false));
+    let read_model_failed_signal = Arc::clone(&read_model_failed);
     let stop_signal = async move {
-        let mut stop_rx = stop_rx;
         tokio::select! {
             () = shutdown => tracing::info!("shutdown requested: draining"),
-            _ = stop_rx.changed() => {},
             () = watch_failure(failed) => tracing::error!("engine pipeline failed: stopping"),
+            () = watch_tailer(watched_tailer) => {
+                // Queries would answer 503 forever: stop, and let a restart rebuild it.
+                tracing::error!("the read model stopped: stopping");
+                read_model_failed_signal.store(true, Ordering::Release);
+            }
         }
         draining_app.draining.store(true, Ordering::Release);
     };
@@ -134,7 +143,6 @@ pub async fn run(
     )
     .with_graceful_shutdown(stop_signal)
     .await;
-    drop(stop_tx);
 
     // Every HTTP request has been answered; drain the ring, flush, snapshot.
     let pipeline_failed = app.pipeline.failed.load(Ordering::Acquire);
@@ -142,8 +150,14 @@ pub async fn run(
         .await
         .context("joining the engine thread")?;
     stop_tailer.store(true, Ordering::Release);
-    let _ = tokio::task::spawn_blocking(move || tailer.join()).await;
+    // The shutdown future (holding the other reference) is gone once `serve` returned.
+    if let Ok(tailer) = Arc::try_unwrap(tailer) {
+        let _ = tokio::task::spawn_blocking(move || tailer.join()).await;
+    }
     served.context("serving HTTP")?;
+    if read_model_failed.load(Ordering::Acquire) {
+        return Err(anyhow::anyhow!("the read model stopped"));
+    }
     match engine {
         Ok(engine) if !pipeline_failed => {
             tracing::info!(last_seq = engine.last_seq(), "stopped cleanly");
@@ -151,6 +165,13 @@ pub async fn run(
         }
         Ok(_) => Err(anyhow::anyhow!("the engine pipeline failed")),
         Err(error) => Err(anyhow::anyhow!("the engine pipeline failed: {error}")),
+    }
+}
+
+/// Resolves if the read model's tailing thread ends (it only ends on an error until stopped).
+async fn watch_tailer(tailer: Arc<std::thread::JoinHandle<Result<(), String>>>) {
+    while !tailer.is_finished() {
+        tokio::time::sleep(FAILURE_POLL).await;
     }
 }
 
