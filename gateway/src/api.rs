@@ -1274,22 +1274,18 @@ async fn refund(State(app): State<Shared>, headers: HeaderMap, id: RawPath, body
     if !has_any(&principal, TRUSTED) {
         // A refund moves the merchant's money: only the merchant's owner may ask.
         app.catch_up().await?;
-        let merchant = app.read.payment(payment).map(|p| p.credit.account);
         // Another owner's payment answers exactly like a missing one.
         let not_found =
             || Problem::not_found("PAYMENT_NOT_FOUND", format!("no payment {}", payment.0));
-        match merchant {
-            Some(merchant) => app
-                .authorize_debit(&principal, merchant)
-                .await
-                .map_err(|_| not_found())?,
-            None => {
-                return Err(Problem::not_found(
-                    "PAYMENT_NOT_FOUND",
-                    format!("no payment {}", payment.0),
-                ));
-            }
-        }
+        let merchant = app
+            .read
+            .payment(payment)
+            .ok_or_else(not_found)?
+            .credit
+            .account;
+        app.authorize_debit(&principal, merchant)
+            .await
+            .map_err(|_| not_found())?;
     }
     let command = Command {
         key,
@@ -1368,13 +1364,10 @@ async fn get_hold(State(app): State<Shared>, headers: HeaderMap, id: RawPath) ->
     app.limit(&principal, 1)?;
     let id = HoldId(path_id(id, "hold id")?);
     app.catch_up().await?;
-    let hold = app
-        .read
-        .hold(id)
-        .ok_or_else(|| Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", id.0)))?;
+    let hold = app.read.hold(id).ok_or_else(|| hold_not_found(id))?;
     app.visible_account(&principal, hold.account)
         .await
-        .map_err(|_| Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", id.0)))?;
+        .map_err(|_| hold_not_found(id))?;
     Ok(json_response(StatusCode::OK, wire::hold_view(&hold)))
 }
 
@@ -1385,16 +1378,15 @@ async fn authorize_hold(app: &App, principal: &Principal, id: HoldId) -> Result<
     if has_any(principal, TRUSTED) {
         return Ok(());
     }
-    match app.read.hold(id) {
-        Some(hold) => app
-            .authorize_debit(principal, hold.account)
-            .await
-            .map_err(|_| Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", id.0))),
-        None => Err(Problem::not_found(
-            "HOLD_NOT_FOUND",
-            format!("no hold {}", id.0),
-        )),
-    }
+    // Another owner's hold answers exactly like a missing one.
+    let hold = app.read.hold(id).ok_or_else(|| hold_not_found(id))?;
+    app.authorize_debit(principal, hold.account)
+        .await
+        .map_err(|_| hold_not_found(id))
+}
+
+fn hold_not_found(id: HoldId) -> Problem {
+    Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", id.0))
 }
 
 #[derive(Deserialize, Default)]
@@ -1426,9 +1418,7 @@ async fn hold_commit(
     let (amount, currency) = match requested {
         Some(pair) => pair,
         None => {
-            let view = app.read.hold(hold).ok_or_else(|| {
-                Problem::not_found("HOLD_NOT_FOUND", format!("no hold {}", hold.0))
-            })?;
+            let view = app.read.hold(hold).ok_or_else(|| hold_not_found(hold))?;
             (view.amount, view.currency)
         }
     };
