@@ -25,8 +25,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use payu_engine::{
-    AMOUNT_SCALE, Amount, BatchItem, CommandBody, CommandResult, Currency, Date, Outcome,
-    OutcomeSummary, PocketDirection, RejectCode,
+    AMOUNT_SCALE, Amount, BatchItem, CommandBody, CommandResult, Currency, Outcome, OutcomeSummary,
+    PocketDirection, RejectCode,
 };
 use payu_journal::{
     HEADER_LEN, RECORD_ALIGN, RecordError, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader,
@@ -37,8 +37,6 @@ use payu_journal::{
 const READ_CHUNK_BYTES: usize = 1 << 20;
 /// Digits in a segment file's name (its first seq, zero-padded).
 const SEGMENT_NAME_DIGITS: usize = 20;
-const NANOS_PER_SECOND: u64 = 1_000_000_000;
-const SECONDS_PER_DAY: u64 = 86_400;
 
 const _: () = assert!(READ_CHUNK_BYTES >= HEADER_LEN && SEGMENT_HEADER_LEN as usize >= 16);
 
@@ -717,19 +715,7 @@ impl Line {
 
 /// Nanoseconds since the Unix epoch as RFC 3339 UTC with nanoseconds.
 fn rfc3339(nanos: u64) -> String {
-    let seconds = nanos / NANOS_PER_SECOND;
-    let fraction = nanos % NANOS_PER_SECOND;
-    // u64 nanoseconds end in the year 2554, about 213 000 days: always fits a u32.
-    let days = u32::try_from(seconds / SECONDS_PER_DAY).unwrap_or(u32::MAX);
-    let (year, month, day) = Date(days).to_ymd();
-    let of_day = seconds % SECONDS_PER_DAY;
-    let (hour, minute, second) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{fraction:09}Z")
-}
-
-fn date(date: Date) -> String {
-    let (year, month, day) = date.to_ymd();
-    format!("{year:04}-{month:02}-{day:02}")
+    crate::wire::timestamp(payu_engine::Timestamp(nanos))
 }
 
 /// An amount as an exact decimal with four places, whatever its value (a journaled command
@@ -786,7 +772,7 @@ fn describe_command(body: &CommandBody) -> (&'static str, String) {
                 c.parent.0,
                 c.name,
                 amount(c.target_amount),
-                date(c.target_date)
+                crate::wire::date(c.target_date)
             );
             ("OpenPocket", text)
         }
@@ -935,6 +921,7 @@ fn describe_summary(summary: &OutcomeSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use payu_engine::NANOS_PER_SECOND;
     use std::collections::BTreeMap;
 
     use payu_engine::{

@@ -350,17 +350,15 @@ pub fn parse_timestamp(text: &str, field: &str) -> Result<Timestamp, Problem> {
 
 /// RFC 3339 UTC with nanoseconds.
 pub fn timestamp(value: Timestamp) -> String {
-    let seconds = value.0 / 1_000_000_000;
-    let nanos = value.0 % 1_000_000_000;
-    let days = seconds / 86_400;
-    let rest = seconds % 86_400;
-    let (year, month, day) = Date(days as u32).to_ymd();
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    const SECONDS_PER_DAY: u64 = 86_400;
+    let seconds = value.0 / payu_engine::NANOS_PER_SECOND;
+    let fraction = value.0 % payu_engine::NANOS_PER_SECOND;
+    // u64 nanoseconds end in the year 2554, about 213 000 days: always fits a u32.
+    let days = u32::try_from(seconds / SECONDS_PER_DAY).unwrap_or(u32::MAX);
+    let (year, month, day) = Date(days).to_ymd();
+    let of_day = seconds % SECONDS_PER_DAY;
+    let (hour, minute, second) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{fraction:09}Z")
 }
 
 pub fn kind_name(kind: AccountKind) -> &'static str {
