@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use disruptor::{BusySpin, EventPoller, Polling, Producer, SingleConsumerBarrier};
-use payu_engine::{Command, CommandBody, CommandResult, Engine, Outcome, Timestamp};
+use payu_engine::{Command, CommandBody, Engine, Outcome, Timestamp};
 use payu_journal::{Entry, Journal, SnapshotStore, Storage, encode_entry};
 use tokio::sync::oneshot;
 
@@ -666,14 +666,6 @@ fn transfer_count(command: &Command) -> u64 {
         CommandBody::TransferBatch(items) => items.len() as u64,
         _ => 0,
     }
-}
-
-/// Whether an outcome posted money (for callers that count movements).
-pub fn is_posted(outcome: &Outcome) -> bool {
-    matches!(
-        outcome.result,
-        CommandResult::Posted(_) | CommandResult::Batch(_) | CommandResult::HoldCommitted { .. }
-    )
 }
 
 pub fn wall_clock_nanos() -> u64 {

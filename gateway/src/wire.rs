@@ -558,13 +558,13 @@ pub fn txn_kind_name(kind: TxnKind) -> &'static str {
 }
 
 pub fn txn_view(view: &TxnView) -> Value {
-    let posted = Posted {
+    let movement = Posted {
         txn: view.id,
         debit: view.debit,
         credit: view.credit,
     };
-    let mut body = posted_json(
-        &posted,
+    let mut body = posted(
+        &movement,
         view.currency,
         txn_kind_name(view.kind),
         view.seq,
@@ -577,10 +577,6 @@ pub fn txn_view(view: &TxnView) -> Value {
         body["payment_id"] = json!(payment.0);
     }
     body
-}
-
-fn posted_json(posted_: &Posted, currency: Currency, kind: &str, seq: u64, at: Timestamp) -> Value {
-    posted(posted_, currency, kind, seq, at)
 }
 
 pub fn hold_change(change: &HoldChange, currency: Currency, state: &str) -> Value {
