@@ -11,9 +11,9 @@ use crate::window::WindowItem;
 /// One ledger account. Balances are in units of 10^-4 and rise with credits.
 ///
 /// `repr(C)` keeps the fields a movement reads and writes in the first 64 bytes; the rest
-/// follows, with `tier` (read for the sender's limits) first. A batch loads each sender's
-/// `kind` and `tier` and each receiver's `kind` ahead of time, so the lines a transfer needs
-/// are in cache when it runs (see `Engine::touch_accounts`).
+/// follows, with `tier` (read for the sender's limits) first. A batch loads the first and the
+/// last byte a movement reads of each account ahead of time, so the lines a transfer needs are
+/// in cache when it runs (see `Engine::touch_accounts`).
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 #[repr(C)]
