@@ -2,8 +2,8 @@
 //! when they are older than the window or when the table is full. It backs the idempotency
 //! window, refundable payments and finished holds.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use crate::ids::Timestamp;
 
@@ -11,21 +11,44 @@ use crate::ids::Timestamp;
 /// gap. Each command adds at most one item per window, so removal still keeps pace.
 pub const WINDOW_EXPIRIES_PER_COMMAND_MAX: usize = 64;
 
+/// The index has at least this many slots per item of capacity (rounded up to a power of two),
+/// so it is at most two-thirds full and a probe rarely leaves its first cache line.
+const INDEX_SLOTS_PER_ITEM_MIN: (u64, u64) = (3, 2);
+const INDEX_SLOTS_MIN: usize = 8;
+
 pub(crate) trait WindowItem {
     type Key: Copy + Eq + Hash;
     fn key(&self) -> Self::Key;
     fn at(&self) -> Timestamp;
 }
 
+/// Items in arrival order in a ring, found by key through an open-addressing index.
+///
+/// Each index slot is 8 bytes: the top 32 bits of the key's hash (its home slot and a tag)
+/// and the low 32 bits of the item's position. Positions of items held differ by less than
+/// the capacity (at most `CAPACITY_MAX`, below 2^32), so the low bits name one item. A lookup
+/// reads one line of the index and, only on a tag match, the item; evicting the oldest item
+/// finds its slot by value, without touching any other item. Deletion shifts the rest of the
+/// probe run back (linear probing without tombstones), so the index never fills with dead
+/// slots and never needs a rebuild.
 #[derive(Clone, Debug)]
 pub(crate) struct Window<T: WindowItem> {
-    index: HashMap<T::Key, u64, FoldHasherBuilder>,
+    index: Vec<u64>,
+    /// `index.len() - 1`; the length is a power of two.
+    index_mask: usize,
+    /// Bits of the hash that choose the home slot: `index.len() == 1 << index_bits`.
+    index_bits: u32,
+    /// The most items the index is sized for.
+    capacity: u64,
     items: VecDeque<T>,
     /// The absolute position of `items[0]`; positions never repeat.
     first_position: u64,
     /// Items dropped because the table was full before their time was up.
     pub(crate) evicted_early: u64,
 }
+
+/// An empty index slot. A used slot never equals it: its tag has the low bit set.
+const SLOT_EMPTY: u64 = 0;
 
 /// Windows are equal when they hold the same items and the same early-eviction count. The
 /// index and positions are bookkeeping derived from the items: a window rebuilt from a snapshot
@@ -38,21 +61,34 @@ impl<T: WindowItem + PartialEq> PartialEq for Window<T> {
 
 impl<T: WindowItem> Window<T> {
     /// An empty window with room for `capacity` items allocated up front: growing a large
-    /// hash table later would rehash it all inside one command (a stall of seconds at
-    /// millions of entries). Untouched capacity costs address space, not memory.
+    /// table later would rebuild it inside one command (a stall of seconds at millions of
+    /// entries). Untouched capacity costs address space, not memory.
     pub(crate) fn with_capacity(capacity: u64) -> Window<T> {
-        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+        assert!(
+            capacity < 1 << 31,
+            "window capacity must leave positions distinct in 32 bits"
+        );
+        let (numerator, denominator) = INDEX_SLOTS_PER_ITEM_MIN;
+        let slots = usize::try_from(capacity * numerator / denominator + 1)
+            .expect("capacity checked above")
+            .next_power_of_two()
+            .max(INDEX_SLOTS_MIN);
         Window {
-            index: HashMap::with_capacity_and_hasher(capacity, FoldHasherBuilder::default()),
-            items: VecDeque::with_capacity(capacity),
+            index: vec![SLOT_EMPTY; slots],
+            index_mask: slots - 1,
+            index_bits: slots.trailing_zeros(),
+            capacity,
+            items: VecDeque::with_capacity(capacity as usize),
             first_position: 0,
             evicted_early: 0,
         }
     }
 
-    /// Rebuilds a window from its items in order (from a snapshot).
+    /// Rebuilds a window from its items in order (from a snapshot). The index is sized for
+    /// `capacity` or for the items, whichever is more, so a snapshot taken under a larger
+    /// bound still restores whole.
     pub(crate) fn from_items(items: Vec<T>, evicted_early: u64, capacity: u64) -> Window<T> {
-        let mut window = Window::with_capacity(capacity);
+        let mut window = Window::with_capacity(capacity.max(items.len() as u64));
         window.evicted_early = evicted_early;
         for item in items {
             window.push_back(item);
@@ -70,8 +106,8 @@ impl<T: WindowItem> Window<T> {
 
     /// The live item with this key: one whose time is not up at `now`.
     pub(crate) fn get(&self, key: T::Key, now: Timestamp, window_ns: u64) -> Option<&T> {
-        let position = self.live_position(key, now, window_ns)?;
-        self.items.get(self.offset(position))
+        let offset = self.live_offset(key, now, window_ns)?;
+        self.items.get(offset)
     }
 
     pub(crate) fn get_mut(
@@ -80,30 +116,62 @@ impl<T: WindowItem> Window<T> {
         now: Timestamp,
         window_ns: u64,
     ) -> Option<&mut T> {
-        let position = self.live_position(key, now, window_ns)?;
-        let offset = self.offset(position);
+        let offset = self.live_offset(key, now, window_ns)?;
         self.items.get_mut(offset)
     }
 
-    fn live_position(&self, key: T::Key, now: Timestamp, window_ns: u64) -> Option<u64> {
-        let position = *self.index.get(&key)?;
-        let item = &self.items[self.offset(position)];
-        (item.at().saturating_add_nanos(window_ns) > now).then_some(position)
+    fn live_offset(&self, key: T::Key, now: Timestamp, window_ns: u64) -> Option<usize> {
+        let (_, slot) = self.find_key(key)?;
+        let offset = self.offset(slot);
+        let item = &self.items[offset];
+        (item.at().saturating_add_nanos(window_ns) > now).then_some(offset)
     }
 
-    fn offset(&self, position: u64) -> usize {
-        let offset = position - self.first_position;
+    /// The slot index and value holding `key`, if any.
+    fn find_key(&self, key: T::Key) -> Option<(usize, u64)> {
+        let tag = self.tag(key);
+        let mut at = self.home(tag);
+        loop {
+            let slot = self.index[at];
+            if slot == SLOT_EMPTY {
+                return None;
+            }
+            if slot_tag(slot) == tag && self.items[self.offset(slot)].key() == key {
+                return Some((at, slot));
+            }
+            at = (at + 1) & self.index_mask;
+        }
+    }
+
+    /// The offset in `items` of the item a used slot names.
+    fn offset(&self, slot: u64) -> usize {
+        let offset = (slot as u32).wrapping_sub(self.first_position as u32) as usize;
         assert!(
-            offset < self.items.len() as u64,
+            offset < self.items.len(),
             "window index points outside its items"
         );
-        offset as usize
+        offset
+    }
+
+    /// The top 32 bits of the key's hash with the low bit set, so no tag is `SLOT_EMPTY`'s.
+    fn tag(&self, key: T::Key) -> u32 {
+        let hash = FoldHasherBuilder::default().hash_one(key);
+        ((hash >> 32) as u32) | 1
+    }
+
+    /// The home slot of a tag: its top bits.
+    fn home(&self, tag: u32) -> usize {
+        (u64::from(tag) << 32 >> (64 - self.index_bits)) as usize
     }
 
     /// Adds an item at the back, first dropping the oldest items while the table is full.
     /// A stale (expired, not yet removed) item with the same key is superseded.
     pub(crate) fn push(&mut self, item: T, capacity: u64) {
         assert!(capacity > 0);
+        assert!(
+            capacity <= self.capacity,
+            "window pushed beyond the capacity its index was sized for"
+        );
         if let Some(last) = self.items.back() {
             assert!(
                 last.at() <= item.at(),
@@ -118,9 +186,28 @@ impl<T: WindowItem> Window<T> {
     }
 
     fn push_back(&mut self, item: T) {
+        let key = item.key();
         let position = self.first_position + self.items.len() as u64;
-        self.index.insert(item.key(), position);
+        let slot = (u64::from(self.tag(key)) << 32) | u64::from(position as u32);
+        let at = match self.find_key(key) {
+            Some((at, _)) => at, // a stale item with this key: the new one supersedes it
+            None => {
+                // Items never outnumber `capacity`, and the index has half as many again.
+                assert!(self.items.len() < self.index.len(), "window index full");
+                self.empty_slot_for(slot_tag(slot))
+            }
+        };
+        self.index[at] = slot;
         self.items.push_back(item);
+    }
+
+    /// The first empty slot on the probe run from the tag's home.
+    fn empty_slot_for(&self, tag: u32) -> usize {
+        let mut at = self.home(tag);
+        while self.index[at] != SLOT_EMPTY {
+            at = (at + 1) & self.index_mask;
+        }
+        at
     }
 
     /// Removes up to `WINDOW_EXPIRIES_PER_COMMAND_MAX` items whose time is up at `now`.
@@ -134,15 +221,50 @@ impl<T: WindowItem> Window<T> {
     }
 
     fn pop_front(&mut self) {
-        let Some(item) = self.items.pop_front() else {
+        let Some(item) = self.items.front() else {
             return;
         };
-        let key = item.key();
-        // A newer item may have superseded this key; only drop the index if it is ours.
-        if self.index.get(&key) == Some(&self.first_position) {
-            self.index.remove(&key);
+        // A newer item may have superseded this key: then no slot holds this position.
+        let slot = (u64::from(self.tag(item.key())) << 32) | u64::from(self.first_position as u32);
+        if let Some(at) = self.find_slot(slot) {
+            self.remove_slot(at);
         }
+        self.items.pop_front();
         self.first_position += 1;
+    }
+
+    /// The slot index holding exactly this slot value, if any.
+    fn find_slot(&self, slot: u64) -> Option<usize> {
+        let mut at = self.home(slot_tag(slot));
+        loop {
+            match self.index[at] {
+                SLOT_EMPTY => return None,
+                found if found == slot => return Some(at),
+                _ => at = (at + 1) & self.index_mask,
+            }
+        }
+    }
+
+    /// Empties a slot and moves later slots of the run back into the hole when their home
+    /// allows, so every key stays reachable from its home without crossing an empty slot.
+    fn remove_slot(&mut self, mut hole: usize) {
+        let mut at = hole;
+        loop {
+            at = (at + 1) & self.index_mask;
+            let slot = self.index[at];
+            if slot == SLOT_EMPTY {
+                break;
+            }
+            let home = self.home(slot_tag(slot));
+            // The slot may move to the hole unless its home lies cyclically in (hole, at].
+            let distance_to_home = at.wrapping_sub(home) & self.index_mask;
+            let distance_to_hole = at.wrapping_sub(hole) & self.index_mask;
+            if distance_to_home >= distance_to_hole {
+                self.index[hole] = slot;
+                hole = at;
+            }
+        }
+        self.index[hole] = SLOT_EMPTY;
     }
 
     /// Checks that the index and the items agree, that items are in time order and none is
@@ -152,16 +274,31 @@ impl<T: WindowItem> Window<T> {
         last: Timestamp,
         item_ok: impl Fn(&T) -> Result<(), String>,
     ) -> Result<(), String> {
-        for (key, &position) in &self.index {
-            let offset = position
-                .checked_sub(self.first_position)
-                .ok_or("stale index entry")?;
-            let item = self
-                .items
-                .get(offset as usize)
-                .ok_or("index past the end")?;
-            if item.key() != *key {
+        let mut used = 0usize;
+        for (at, &slot) in self.index.iter().enumerate() {
+            if slot == SLOT_EMPTY {
+                continue;
+            }
+            used += 1;
+            let offset = (slot as u32).wrapping_sub(self.first_position as u32) as usize;
+            let item = self.items.get(offset).ok_or("index past the end")?;
+            if self.tag(item.key()) != slot_tag(slot) {
                 return Err("index names the wrong item".into());
+            }
+            if self.find_key(item.key()) != Some((at, slot)) {
+                return Err("index slot unreachable from its home".into());
+            }
+        }
+        if used > self.items.len() {
+            return Err("index holds more slots than items".into());
+        }
+        // Every item is indexed, or superseded by a later item with its key.
+        for (offset, item) in self.items.iter().enumerate() {
+            let (_, slot) = self
+                .find_key(item.key())
+                .ok_or("item missing from the index")?;
+            if self.offset(slot) < offset {
+                return Err("index names an older item than one it holds".into());
             }
         }
         let ordered = self
@@ -174,6 +311,10 @@ impl<T: WindowItem> Window<T> {
         }
         self.items.iter().try_for_each(item_ok)
     }
+}
+
+fn slot_tag(slot: u64) -> u32 {
+    (slot >> 32) as u32
 }
 
 /// A fixed, fast hasher for keys that are already well distributed integers (engine-assigned
@@ -250,6 +391,71 @@ mod tests {
         window
             .verify(Timestamp(1_000), |_| Ok(()))
             .expect("consistent");
+    }
+
+    /// Random pushes, expiries and lookups over few keys and a small index (so probe runs
+    /// collide, wrap around the end and shift back on removal), against a plain list that
+    /// finds the newest live item by a linear search.
+    #[test]
+    fn agrees_with_a_linear_search() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Push { key: u64, advance: u64 },
+            Expire { advance: u64 },
+            Get { key: u64 },
+        }
+        let op = prop_oneof![
+            4 => (0..24u64, 0..4u64).prop_map(|(key, advance)| Op::Push { key, advance }),
+            1 => (0..6u64).prop_map(|advance| Op::Expire { advance }),
+            3 => (0..24u64).prop_map(|key| Op::Get { key }),
+        ];
+        let cases = (1..12u64, 1..30u64, proptest::collection::vec(op, 1..300));
+        let mut runner = TestRunner::new(Config::with_cases(512));
+        runner
+            .run(&cases, |(capacity, window_ns, ops)| {
+                let mut window = Window::with_capacity(capacity);
+                let mut model: VecDeque<Item> = VecDeque::new();
+                let mut now = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Push { key, advance } => {
+                            now += advance;
+                            window.push(Item(key, Timestamp(now)), capacity);
+                            while model.len() as u64 >= capacity {
+                                model.pop_front();
+                            }
+                            model.push_back(Item(key, Timestamp(now)));
+                        }
+                        Op::Expire { advance } => {
+                            now += advance;
+                            window.expire(Timestamp(now), window_ns);
+                            let mut removed = 0;
+                            while removed < WINDOW_EXPIRIES_PER_COMMAND_MAX
+                                && model
+                                    .front()
+                                    .is_some_and(|item| item.1.0 + window_ns <= now)
+                            {
+                                model.pop_front();
+                                removed += 1;
+                            }
+                        }
+                        Op::Get { key } => {
+                            let newest = model.iter().rev().find(|item| item.0 == key);
+                            let live = newest.filter(|item| item.1.0 + window_ns > now);
+                            prop_assert_eq!(window.get(key, Timestamp(now), window_ns), live);
+                        }
+                    }
+                    prop_assert!(window.items().eq(model.iter()));
+                    window
+                        .verify(Timestamp(now), |_| Ok(()))
+                        .map_err(TestCaseError::fail)?;
+                }
+                Ok(())
+            })
+            .expect("the window agrees with the linear search");
     }
 
     #[test]
