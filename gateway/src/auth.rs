@@ -5,13 +5,16 @@
 //! Only HS256 (shared secrets) and RS256 (public keys, e.g. from Keycloak) are accepted, and each
 //! only against keys of its own kind, so a token cannot pick the algorithm that verifies it
 //! (algorithm confusion). Keys and validation rules are built once in [`Authenticator::new`];
-//! a request costs one header parse and one signature check per configured key of its kind.
+//! a request costs one header parse and one signature check per configured key of its kind,
+//! or, for a token verified recently, one lookup in a bounded cache and the expiry check.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -40,6 +43,10 @@ pub const LEEWAY_SECONDS_MAX: u64 = 3600;
 pub const DEV_SECRET_FILE_NAME: &str = "dev-jwt-secret";
 /// Random bytes in a development secret (stored hex-encoded, so the secret is twice as long).
 const DEV_SECRET_RANDOM_BYTES: usize = 32;
+/// Tokens remembered as verified, at most: a client sends the same token until it expires, so
+/// its signature (an RSA verification for RS256) is checked once, not on every request. When
+/// the cache is full it is emptied and refills from the tokens in use.
+pub const VERIFIED_TOKENS_MAX: usize = 4096;
 
 /// A set of the scopes this node knows. Unknown scope names in a token are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +227,16 @@ pub struct Authenticator {
     hs256_validation: Validation,
     rs256_keys: Vec<DecodingKey>,
     rs256_validation: Validation,
+    leeway_seconds: u64,
+    /// Tokens that passed every check, by their full text (a changed byte is another key).
+    verified: Mutex<HashMap<Box<str>, Verified>>,
+}
+
+/// What a cached token still needs checked on each use: its time bounds.
+struct Verified {
+    principal: Principal,
+    expires_at: u64,
+    not_before: Option<u64>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -273,12 +290,60 @@ impl Authenticator {
             hs256_validation: validation(Algorithm::HS256, config),
             rs256_keys,
             rs256_validation: validation(Algorithm::RS256, config),
+            leeway_seconds: config.leeway_seconds,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
     /// `header` is the whole Authorization header value, e.g. "Bearer eyJ...".
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        self.authenticate_at(header, unix_seconds())
+    }
+
+    /// [`Authenticator::authenticate`] at `now` (Unix seconds). A token verified before is
+    /// answered from the cache after the same time checks jsonwebtoken makes (`exp` and `nbf`
+    /// with the leeway); any other token is verified in full, and cached if it passes.
+    fn authenticate_at(&self, header: Option<&str>, now: u64) -> Result<Principal, AuthError> {
         let token = bearer_token(header)?;
+        if let Some(cached) = self.cached(token, now) {
+            return cached;
+        }
+        let (principal, times) = self.verify(token)?;
+        if let Some((expires_at, not_before)) = times {
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified.len() >= VERIFIED_TOKENS_MAX {
+                verified.clear();
+            }
+            let entry = Verified {
+                principal: principal.clone(),
+                expires_at,
+                not_before,
+            };
+            verified.insert(token.into(), entry);
+        }
+        Ok(principal)
+    }
+
+    fn cached(&self, token: &str, now: u64) -> Option<Result<Principal, AuthError>> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = verified.get(token)?;
+        let leeway = self.leeway_seconds;
+        Some(if entry.expires_at.saturating_add(leeway) < now {
+            Err(AuthError::Expired)
+        } else if entry
+            .not_before
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
+            Err(AuthError::NotYetValid)
+        } else {
+            Ok(entry.principal.clone())
+        })
+    }
+
+    /// Checks the signature and every claim. Also returns `exp` and `nbf` when they are plain
+    /// integers, which is when the token may be cached.
+    #[allow(clippy::type_complexity)]
+    fn verify(&self, token: &str) -> Result<(Principal, Option<(u64, Option<u64>)>), AuthError> {
         let (keys, validation) = match token_algorithm(token)? {
             Algorithm::HS256 => (&self.hs256_keys, &self.hs256_validation),
             Algorithm::RS256 => (&self.rs256_keys, &self.rs256_validation),
@@ -291,7 +356,10 @@ impl Authenticator {
         // answer into Expired, WrongIssuer, ...: an unknown signer learns nothing more.
         for key in keys {
             match jsonwebtoken::decode::<TokenClaims>(token, key, validation) {
-                Ok(data) => return principal_of(data.claims),
+                Ok(data) => {
+                    let times = data.claims.times();
+                    return Ok((principal_of(data.claims)?, times));
+                }
                 Err(error) => match auth_error_of(error.kind()) {
                     AuthError::BadSignature => continue,
                     other => return Err(other),
@@ -425,6 +493,27 @@ struct TokenClaims {
     scopes: Option<ScopeClaim>,
     azp: Option<String>,
     client_id: Option<String>,
+    exp: Option<serde_json::Value>,
+    nbf: Option<serde_json::Value>,
+}
+
+impl TokenClaims {
+    /// `exp` and `nbf` as integers, or `None` if either is another kind of number (which
+    /// jsonwebtoken accepts): such a token is verified in full every time.
+    fn times(&self) -> Option<(u64, Option<u64>)> {
+        let expires_at = self.exp.as_ref()?.as_u64()?;
+        let not_before = match &self.nbf {
+            None => None,
+            Some(nbf) => Some(nbf.as_u64()?),
+        };
+        Some((expires_at, not_before))
+    }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Issuers spell scopes as a space-separated string or as an array of strings.
@@ -629,13 +718,6 @@ mod tests {
     const RSA_PUBLIC_PEM: &str = include_str!("../tests/keys/rs256-test-public.pem");
     const UUID_SUBJECT: &str = "3F2504E0-4F89-11D3-9A0C-0305E82C3301";
 
-    fn unix_now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs()
-    }
-
     fn hs256_config() -> AuthConfig {
         AuthConfig {
             hs256_secrets: vec![SECRET.to_owned()],
@@ -668,7 +750,7 @@ mod tests {
     }
 
     fn claims(subject: &str) -> serde_json::Value {
-        json!({ "sub": subject, "scope": SCOPE_CUSTOMER, "exp": unix_now() + 600 })
+        json!({ "sub": subject, "scope": SCOPE_CUSTOMER, "exp": unix_seconds() + 600 })
     }
 
     fn accepted(config: &AuthConfig, token: &str) -> Principal {
@@ -700,6 +782,56 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_token_still_expires_and_a_changed_one_is_verified_again() {
+        // Proves the verified-token cache answers a repeated token only within its time
+        // bounds (exp plus leeway, as jsonwebtoken checks it), and that any other token text
+        // (a forged signature on the same claims) is checked in full.
+        let auth = Authenticator::new(&hs256_config()).expect("valid test config");
+        let now = unix_seconds();
+        let expires_at = now + 10;
+        let token = sign_hs256(
+            SECRET,
+            &json!({ "sub": "alice", "scope": SCOPE_CUSTOMER, "exp": expires_at }),
+        );
+        let header = format!("Bearer {token}");
+        let first = auth
+            .authenticate_at(Some(&header), now)
+            .expect("fresh token");
+        assert_eq!(auth.verified.lock().expect("lock").len(), 1);
+        let leeway = hs256_config().leeway_seconds;
+        let last_second = auth
+            .authenticate_at(Some(&header), expires_at + leeway)
+            .expect("within the leeway");
+        assert_eq!(last_second.subject, first.subject);
+        assert_eq!(last_second.client_id, first.client_id);
+        assert_eq!(
+            auth.authenticate_at(Some(&header), expires_at + leeway + 1)
+                .expect_err("expired"),
+            AuthError::Expired
+        );
+        let (signed, _) = token.rsplit_once('.').expect("three parts");
+        let forged = format!("Bearer {signed}.{}", URL_SAFE_NO_PAD.encode([7u8; 32]));
+        assert_eq!(
+            auth.authenticate_at(Some(&forged), now)
+                .expect_err("forged signature"),
+            AuthError::BadSignature
+        );
+        assert_eq!(auth.verified.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn the_verified_token_cache_stays_bounded() {
+        // Proves the cache never holds more than VERIFIED_TOKENS_MAX tokens.
+        let auth = Authenticator::new(&hs256_config()).expect("valid test config");
+        for n in 0..VERIFIED_TOKENS_MAX + 10 {
+            let token = sign_hs256(SECRET, &claims(&format!("user-{n}")));
+            auth.authenticate(Some(&format!("Bearer {token}")))
+                .expect("valid token");
+            assert!(auth.verified.lock().expect("lock").len() <= VERIFIED_TOKENS_MAX);
+        }
+    }
+
+    #[test]
     fn hs256_token_yields_principal() {
         // Proves a good HS256 token gives the subject, owner, scopes and client id it carries.
         let token = sign_hs256(
@@ -707,7 +839,7 @@ mod tests {
             &json!({
                 "sub": UUID_SUBJECT,
                 "scope": "payu:customer payu:admin openid",
-                "exp": unix_now() + 600,
+                "exp": unix_seconds() + 600,
             }),
         );
         let principal = accepted(&hs256_config(), &token);
@@ -761,7 +893,7 @@ mod tests {
     fn scope_claim_spellings_and_client_id() {
         // Proves `scope` (string), `scp` and `scopes` (arrays) are all read, and the client id
         // comes from `azp`, then `client_id`, then the subject.
-        let exp = unix_now() + 600;
+        let exp = unix_seconds() + 600;
         let config = hs256_config();
         let scp = sign_hs256(
             SECRET,
@@ -805,7 +937,7 @@ mod tests {
         // Proves exp in the past beyond the leeway is Expired, within it is accepted, and nbf in
         // the future beyond the leeway is NotYetValid.
         let config = hs256_config();
-        let now = unix_now();
+        let now = unix_seconds();
         let expired = sign_hs256(SECRET, &json!({ "sub": "a", "exp": now - 3600 }));
         assert_eq!(refused(&config, &expired), AuthError::Expired);
         let within_leeway = sign_hs256(SECRET, &json!({ "sub": "a", "exp": now - 5 }));
@@ -823,7 +955,7 @@ mod tests {
     fn required_claims() {
         // Proves a token without exp, without sub, or with an empty sub is Malformed.
         let config = hs256_config();
-        let exp = unix_now() + 600;
+        let exp = unix_seconds() + 600;
         for claims in [
             json!({ "sub": "a" }),
             json!({ "exp": exp }),
@@ -844,7 +976,7 @@ mod tests {
         assert_eq!(refused(&config, &token), AuthError::BadSignature);
         let expired = sign_hs256(
             OTHER_SECRET,
-            &json!({ "sub": "a", "exp": unix_now() - 3600 }),
+            &json!({ "sub": "a", "exp": unix_seconds() - 3600 }),
         );
         assert_eq!(refused(&config, &expired), AuthError::BadSignature);
         let both = AuthConfig {
@@ -957,7 +1089,7 @@ mod tests {
             audience: Some("payu-core".to_owned()),
             ..hs256_config()
         };
-        let exp = unix_now() + 600;
+        let exp = unix_seconds() + 600;
         let iss = "https://keycloak.example/realms/payu";
         let good = sign_hs256(
             SECRET,
@@ -1004,7 +1136,7 @@ mod tests {
             "sub": "merchant-7",
             "scp": [SCOPE_SYSTEM],
             "azp": "app-gateway",
-            "exp": unix_now() + 600,
+            "exp": unix_seconds() + 600,
         }));
         let principal = accepted(&rs256_config(), &token);
         assert_eq!(principal.subject, "merchant-7");
