@@ -1,5 +1,6 @@
-//! The node's HTTP API as a client sees it: one keep-alive `reqwest` client, every answer
-//! classified as done (2xx), refused (4xx: a definitive answer, nothing was applied unless the
+//! The node's HTTP API as a client sees it: keep-alive HTTP clients (the load's writes go
+//! through the lean HTTP/1.1 client of http1.rs; setup, resolution, the audit and `--http2`
+//! through `reqwest`), every answer classified as done (2xx), refused (4xx: a definitive answer, nothing was applied unless the
 //! ledger says so) or unknown (5xx, timeout, connection error: it may or may not have been
 //! applied), and the JSON shapes this tool reads back (docs/openapi.json).
 //!
@@ -9,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -16,6 +18,8 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+use crate::http1::{Http1, LABEL_BODY, LABEL_CONNECT, LABEL_TIMEOUT, LABEL_TRANSPORT};
 
 /// Sends of one request while resolving an unknown outcome, at most.
 pub const RESOLVE_ATTEMPTS_MAX: u32 = 40;
@@ -32,12 +36,31 @@ pub enum Answer {
     Done {
         status: u16,
         replayed: bool,
-        body: bytes::Bytes,
+        body: Body,
     },
     /// 4xx: the node refused; `code` is the problem's stable code.
     Refused { status: u16, code: String },
     /// 5xx or no answer: the request may or may not have been applied.
     Unknown { label: String },
+}
+
+/// A 2xx answer's body: as reqwest handed it over, or in the load client's connection buffer
+/// (the connection goes back to its pool when the body is dropped).
+#[derive(Debug)]
+pub enum Body {
+    Bytes(bytes::Bytes),
+    Reply(crate::http1::Reply),
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Bytes(bytes) => bytes,
+            Body::Reply(reply) => reply,
+        }
+    }
 }
 
 impl Answer {
@@ -63,6 +86,8 @@ pub struct Api {
     /// The load's paths, parsed once: a URL parsed per request (IDNA included) showed up in
     /// the client's profile.
     hot_urls: Vec<(&'static str, reqwest::Url)>,
+    /// The load's own client (HTTP/1.1; `None` with `--http2`, which stays on reqwest).
+    live: Option<Arc<Http1>>,
 }
 
 /// Paths every operation of the load uses.
@@ -110,18 +135,27 @@ impl Api {
                     .with_context(|| format!("{base:?} is not a valid base URL"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let live = match options.http2 {
+            true => None,
+            false => Some(Http1::new(&base, &options.token, options.timeout)?),
+        };
         Ok(Api {
             client: builder.build().context("building the HTTP client")?,
             base,
             authorization,
             settle_timeout: options.timeout.max(SETTLE_TIMEOUT_MIN),
             hot_urls,
+            live,
         })
     }
 
-    /// POSTs a JSON body (or none, for an empty `body`) with an optional Idempotency-Key.
+    /// POSTs a JSON body (or none, for an empty `body`) with an optional Idempotency-Key, as
+    /// part of the load: through the lean HTTP/1.1 client unless `--http2`.
     pub async fn post(&self, path: &str, key: Option<&str>, body: String) -> Answer {
-        self.post_within(path, key, body, None).await
+        match &self.live {
+            Some(live) => live.post(path, key, body.as_bytes()).await,
+            None => self.post_within(path, key, body, None).await,
+        }
     }
 
     async fn post_within(
@@ -248,7 +282,7 @@ async fn send(request: reqwest::RequestBuilder) -> Answer {
         200..=299 => Answer::Done {
             status,
             replayed,
-            body,
+            body: Body::Bytes(body),
         },
         400..=499 => Answer::Refused {
             status,
@@ -262,13 +296,13 @@ async fn send(request: reqwest::RequestBuilder) -> Answer {
 
 fn transport_label(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
-        "timeout"
+        LABEL_TIMEOUT
     } else if error.is_connect() {
-        "connect error"
+        LABEL_CONNECT
     } else if error.is_body() || error.is_decode() {
-        "body error"
+        LABEL_BODY
     } else {
-        "transport error"
+        LABEL_TRANSPORT
     };
     kind.to_owned()
 }
@@ -279,7 +313,7 @@ struct ProblemOut {
 }
 
 /// The stable `code` of a problem+json body, or `-` when there is none.
-fn problem_code(body: &[u8]) -> String {
+pub(crate) fn problem_code(body: &[u8]) -> String {
     serde_json::from_slice::<ProblemOut>(body)
         .ok()
         .and_then(|problem| problem.code)

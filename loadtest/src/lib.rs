@@ -17,6 +17,7 @@ pub mod api;
 pub mod audit;
 pub mod book;
 pub mod driver;
+pub mod http1;
 pub mod measure;
 pub mod ops;
 pub mod options;
