@@ -1,21 +1,31 @@
 //! The open-loop scheduler. Operation `i` of a phase is *intended* at `start + i / rate`,
-//! whatever happened to the operations before it. A dedicated thread sleeps until each
-//! intended time and hands the operation to the client runtime through a bounded pool of
-//! in-flight slots. When every slot is busy the operation waits for one; its latency is still
-//! measured from its intended time, and the wait is counted as dispatch lateness. This is the
-//! coordinated-omission correction: a node that stalls is charged for every request a real
-//! client population would have sent during the stall, not only for the one it was serving.
+//! whatever happened to the operations before it. Each operation waits until its intended
+//! time, then for one of a bounded pool of in-flight slots. When every slot is busy the
+//! operation waits for one; its latency is still measured from its intended time, and the
+//! wait is counted as dispatch lateness. This is the coordinated-omission correction: a node
+//! that stalls is charged for every request a real client population would have sent during
+//! the stall, not only for the one it was serving.
 //!
-//! The scheduler uses `std::thread::sleep` (nanosleep, ~50 µs slack) rather than the runtime's
-//! 1 ms timer wheel, so the tool's own timer granularity stays out of the figures.
-
+//! The work runs on *lanes*: single-threaded runtimes, each on a thread of its own for the
+//! phase, lane `l` sending operations `l`, `l + lanes`, ... and doing everything for them
+//! (dispatch, I/O, parsing, booking) without handing anything to another thread. A lane
+//! waits for an operation's time with `std::thread::sleep` (nanosleep, ~50 µs slack) rather
+//! than the runtime's 1 ms timer wheel, so the tool's own timer granularity stays out of the
+//! figures; before it sleeps it runs every task that is ready and reads every answer that has
+//! arrived, and it never sleeps the thread longer than [`THREAD_SLEEP_MAX`] at once, so an
+//! answer waits at most that long (or until the next dispatch, if sooner) to be read. Longer
+//! waits are slept on the runtime's timer, reading answers as they come, until
+//! [`TIMER_SLEEP_MARGIN`] before the operation's time. One thread doing all of a request's
+//! work is what makes the tool cheap: the earlier design (a scheduler thread handing every
+//! request to a work-stealing runtime) woke a second thread for every request.
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::runtime::Runtime;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::measure::{Outcome, Recorder, human};
 
@@ -24,6 +34,26 @@ use crate::measure::{Outcome, Recorder, human};
 const START_DELAY: Duration = Duration::from_millis(5);
 /// How often the progress line is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// The longest a lane sleeps its thread at once (answers arriving meanwhile wait to be read).
+pub const THREAD_SLEEP_MAX: Duration = Duration::from_micros(200);
+/// Waits longer than this are slept on the runtime's (1 ms) timer...
+const TIMER_SLEEP_ABOVE: Duration = Duration::from_millis(3);
+/// ...until this long before the operation's time.
+const TIMER_SLEEP_MARGIN: Duration = Duration::from_millis(2);
+/// Lanes, at most (`--client-threads`).
+pub const LANES_MAX: usize = 64;
+
+/// The lanes a session runs its load on: single-threaded runtimes that live as long as the
+/// session, so their connections stay open from phase to phase.
+pub fn lanes(count: usize) -> std::io::Result<Vec<Runtime>> {
+    (0..count.clamp(1, LANES_MAX))
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        })
+        .collect()
+}
 
 /// One phase: `rate` operations per second for `duration`.
 #[derive(Clone, Debug)]
@@ -93,64 +123,54 @@ fn lock(recorder: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
     recorder.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs one phase on the calling thread (which must not be a runtime thread) and returns when
-/// every dispatched operation has been answered. `op(i)` performs global operation `i`.
-pub fn run_phase<F, Fut>(runtime: &Handle, plan: Plan, op: Arc<F>) -> PhaseResult
+/// Runs one phase on `lanes` (each driven by a thread of its own for the phase) and returns
+/// when every dispatched operation has been answered. `op(i)` performs global operation `i`.
+pub fn run_phase<F, Fut>(lanes: &[Runtime], plan: Plan, op: Arc<F>) -> PhaseResult
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
     let cpu_at_start = process_cpu_seconds();
-    let recorder = Arc::new(Mutex::new(Recorder::new()));
-    let slots = Arc::new(Semaphore::new(plan.concurrency as usize));
+    let shared = Shared {
+        recorder: Arc::new(Mutex::new(Recorder::new())),
+        slots: Arc::new(Semaphore::new(plan.concurrency as usize)),
+        dispatching: AtomicUsize::new(lanes.len()),
+        finished: Arc::new(Notify::new()),
+        not_sent: AtomicUsize::new(0),
+    };
     let ops = plan.ops();
     let start = Instant::now();
-    let cutoff = start + plan.duration + plan.grace;
-    let (stop_progress, progress) =
-        spawn_progress(&plan, ops, start, Arc::clone(&recorder), Arc::clone(&slots));
-
-    let mut not_sent = 0;
-    for i in 0..ops {
-        let intended = plan.intended(i);
-        let now = start.elapsed();
-        if intended > now {
-            std::thread::sleep(intended - now);
+    let (stop_progress, progress) = spawn_progress(
+        &plan,
+        ops,
+        start,
+        Arc::clone(&shared.recorder),
+        Arc::clone(&shared.slots),
+    );
+    std::thread::scope(|scope| {
+        for (lane, runtime) in lanes.iter().enumerate() {
+            let (plan, op, shared) = (&plan, Arc::clone(&op), &shared);
+            let name = format!("loadtest-lane{lane}");
+            let spawned = std::thread::Builder::new()
+                .name(name)
+                .spawn_scoped(scope, move || {
+                    crate::http1::enter_lane(lane);
+                    runtime.block_on(run_lane(plan, lane, lanes.len(), start, op, shared));
+                });
+            // Without its thread a lane sends nothing: its operations are counted as not sent.
+            if spawned.is_err() {
+                let count = (lane as u64..ops).step_by(lanes.len()).count();
+                shared.not_sent.fetch_add(count, Ordering::SeqCst);
+                shared.dispatching.fetch_sub(1, Ordering::SeqCst);
+                shared.finished.notify_waiters();
+            }
         }
-        let permit = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            // Every slot is busy: wait for one, but not past the cutoff.
-            // (The timeout is built inside the runtime: its timer needs the runtime's context.)
-            Err(_) => runtime
-                .block_on(async {
-                    tokio::time::timeout_at(cutoff.into(), Arc::clone(&slots).acquire_owned()).await
-                })
-                .ok()
-                .and_then(Result::ok),
-        };
-        let Some(permit) = permit.filter(|_| Instant::now() < cutoff) else {
-            not_sent = ops - i;
-            break;
-        };
-        let lateness = start.elapsed().saturating_sub(intended);
-        lock(&recorder).dispatched(lateness);
-        let op = Arc::clone(&op);
-        let recorder = Arc::clone(&recorder);
-        let index = plan.first_index + i;
-        runtime.spawn(async move {
-            let outcome = op(index).await;
-            let answered = start.elapsed();
-            lock(&recorder).answered(intended, lateness, answered, &outcome);
-            drop(permit);
-        });
-    }
-    // Every slot back means every dispatched operation was answered (each is time-bounded).
-    let all = runtime.block_on(slots.acquire_many(plan.concurrency));
-    drop(all);
+    });
     drop(stop_progress);
     if let Some(progress) = progress {
         let _ = progress.join();
     }
-    let recorder = lock(&recorder).clone();
+    let recorder = lock(&shared.recorder).clone();
     let fastest = Duration::from_nanos(recorder.corrected.min());
     let elapsed = recorder
         .last_answer
@@ -160,11 +180,122 @@ where
         .zip(cpu_at_start)
         .map(|(end, start)| end - start);
     PhaseResult {
+        not_sent: shared.not_sent.load(Ordering::SeqCst) as u64,
         plan,
         recorder,
-        not_sent,
         client_cpu_seconds,
         elapsed,
+    }
+}
+
+/// What the lanes of one phase share.
+struct Shared {
+    recorder: Arc<Mutex<Recorder>>,
+    /// In-flight slots (`--concurrency`), over all lanes.
+    slots: Arc<Semaphore>,
+    /// Lanes still dispatching.
+    dispatching: AtomicUsize,
+    /// Told when an operation finishes or a lane stops dispatching.
+    finished: Arc<Notify>,
+    not_sent: AtomicUsize,
+}
+
+impl Shared {
+    /// Nothing left to dispatch anywhere and every slot back: every operation was answered.
+    fn all_done(&self, concurrency: usize) -> bool {
+        self.dispatching.load(Ordering::SeqCst) == 0
+            && self.slots.available_permits() == concurrency
+    }
+}
+
+/// One lane's share of the phase: operations `lane`, `lane + lanes`, ... Returns when every
+/// operation of *every* lane has been answered, so a connection one lane opened (reqwest's
+/// pool is shared) is driven until no lane needs it any more.
+async fn run_lane<F, Fut>(
+    plan: &Plan,
+    lane: usize,
+    lanes: usize,
+    start: Instant,
+    op: Arc<F>,
+    shared: &Shared,
+) where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let ops = plan.ops();
+    let cutoff = start + plan.duration + plan.grace;
+    let mut i = lane as u64;
+    while i < ops {
+        let intended = plan.intended(i);
+        wait_until(start + intended).await;
+        let permit = match Arc::clone(&shared.slots).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // Every slot is busy: wait for one (reading answers meanwhile), not past the cutoff.
+            Err(_) => {
+                tokio::time::timeout_at(cutoff.into(), Arc::clone(&shared.slots).acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+        };
+        let Some(permit) = permit.filter(|_| Instant::now() < cutoff) else {
+            let left = (i..ops).step_by(lanes).count();
+            shared.not_sent.fetch_add(left, Ordering::SeqCst);
+            break;
+        };
+        let lateness = start.elapsed().saturating_sub(intended);
+        lock(&shared.recorder).dispatched(lateness);
+        let (recorder, finished) = (Arc::clone(&shared.recorder), Arc::clone(&shared.finished));
+        // Boxed: the operation's future is large, and spawning would copy it twice over.
+        let future = Box::pin(op(plan.first_index + i));
+        tokio::spawn(async move {
+            let outcome = future.await;
+            let answered = start.elapsed();
+            lock(&recorder).answered(intended, lateness, answered, &outcome);
+            drop(permit);
+            finished.notify_waiters();
+        });
+        i += lanes as u64;
+    }
+    shared.dispatching.fetch_sub(1, Ordering::SeqCst);
+    shared.finished.notify_waiters();
+    let concurrency = plan.concurrency as usize;
+    loop {
+        let finished = shared.finished.notified();
+        if shared.all_done(concurrency) {
+            return;
+        }
+        finished.await;
+    }
+}
+
+/// Waits until `deadline`: on the runtime's timer while it is far, then by sleeping the thread
+/// in steps of at most [`THREAD_SLEEP_MAX`], each after running every ready task and reading
+/// every answer that has arrived. (Never early: the runtime's timer only wakes late.)
+async fn wait_until(deadline: Instant) {
+    loop {
+        let now = Instant::now();
+        let Some(wait) = deadline
+            .checked_duration_since(now)
+            .filter(|w| !w.is_zero())
+        else {
+            return;
+        };
+        if wait > TIMER_SLEEP_ABOVE {
+            tokio::time::sleep(wait - TIMER_SLEEP_MARGIN).await;
+            continue;
+        }
+        // The first yield runs the ready tasks and polls the I/O driver (without blocking);
+        // the second runs the tasks that polling woke (answers that arrived).
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let now = Instant::now();
+        if let Some(wait) = deadline
+            .checked_duration_since(now)
+            .filter(|w| !w.is_zero())
+        {
+            std::thread::sleep(wait.min(THREAD_SLEEP_MAX));
+        }
     }
 }
 

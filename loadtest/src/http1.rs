@@ -24,9 +24,28 @@ use tokio::net::TcpStream;
 
 use crate::api::{Answer, Body, problem_code};
 
-/// Idle keep-alive connections kept, at most; more are closed when their request ends.
-/// (Connections in use are bounded by the load's in-flight bound, `--concurrency`.)
+/// Idle keep-alive connections kept per pool, at most; more are closed when their request
+/// ends. (Connections in use are bounded by the load's in-flight bound, `--concurrency`.)
 pub const IDLE_CONNECTIONS_MAX: usize = 4096;
+/// Pools: one per lane (driver.rs), and one for every other thread.
+const POOLS: usize = crate::driver::LANES_MAX + 1;
+
+thread_local! {
+    /// The lane this thread drives, if any: a connection belongs to the runtime that opened
+    /// it, so each lane keeps its own pool.
+    static LANE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as driving lane `lane`: its requests use that lane's pool.
+pub fn enter_lane(lane: usize) {
+    LANE.with(|cell| cell.set(Some(lane)));
+}
+
+/// The pool of the calling thread.
+fn pool_index() -> usize {
+    LANE.with(std::cell::Cell::get)
+        .map_or(0, |lane| 1 + lane % (POOLS - 1))
+}
 /// An answer's status line and headers, at most.
 pub const HEAD_BYTES_MAX: usize = 16 * 1024;
 /// An answer's body, at most (a batch of 8190 transfers answers about 3 MB).
@@ -58,7 +77,8 @@ pub struct Http1 {
     /// `Host: ...\r\nAuthorization: Bearer ...\r\n`, rendered once.
     fixed_headers: Vec<u8>,
     timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
+    /// Idle connections, most recently used last, per pool (see [`enter_lane`]).
+    pools: Vec<Mutex<Vec<Connection>>>,
 }
 
 /// One connection and the buffers it reuses from request to request.
@@ -166,16 +186,19 @@ impl Http1 {
             path_prefix: path_prefix.to_owned(),
             fixed_headers: fixed.into_bytes(),
             timeout,
-            idle: Mutex::new(Vec::new()),
+            pools: (0..POOLS).map(|_| Mutex::new(Vec::new())).collect(),
         }))
     }
 
-    /// Connections waiting in the pool.
+    /// Connections waiting in the calling thread's pool.
     pub fn idle_connections(&self) -> usize {
-        self.idle
+        self.pool().len()
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.pools[pool_index()]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .len()
     }
 
     /// POSTs `body` (JSON; none when empty) to `path` with an optional Idempotency-Key, within
@@ -268,11 +291,7 @@ impl Http1 {
     /// The most recently used idle connection that is still open, if any.
     fn check_out(&self) -> Option<Connection> {
         loop {
-            let connection = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop()?;
+            let connection = self.pool().pop()?;
             if connection.quiet() {
                 return Some(connection);
             }
@@ -284,7 +303,7 @@ impl Http1 {
         if connection.answer.capacity() > BUFFER_BYTES_RETAINED_MAX {
             connection.answer = Vec::with_capacity(BUFFER_BYTES_INITIAL);
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.pool();
         if idle.len() < IDLE_CONNECTIONS_MAX {
             idle.push(connection);
         }

@@ -99,6 +99,8 @@ pub struct Session {
     /// /proc/loadavg when the session began: other work on the machine skews every figure.
     pub load_average_at_start: Option<String>,
     runtime: tokio::runtime::Runtime,
+    /// The load's lanes (driver.rs).
+    lanes: Vec<tokio::runtime::Runtime>,
     next_index: u64,
     executor: Option<Arc<Executor>>,
 }
@@ -128,17 +130,21 @@ impl Session {
             )?,
             (None, None) => anyhow::bail!("give --token or --data-dir"),
         };
-        let threads = options.client_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(2)
-        });
+        let cores = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2);
+        let threads = options.client_threads.unwrap_or(cores);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("loadtest-client")
             .enable_all()
             .build()
             .context("starting the client runtime")?;
+        let lanes = options.lanes.unwrap_or(match options.batch_size {
+            Some(_) => cores,
+            None => 1,
+        });
+        let lanes = driver::lanes(lanes).context("starting the load's lanes")?;
         let api = {
             // reqwest's connector needs the runtime's context while it is built.
             let _entered = runtime.enter();
@@ -161,6 +167,7 @@ impl Session {
                 .ok()
                 .map(|text| text.trim().to_owned()),
             runtime,
+            lanes,
             next_index: 0,
             executor: None,
         })
@@ -194,6 +201,11 @@ impl Session {
         Ok(fleet)
     }
 
+    /// Lanes the load runs on (driver.rs).
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
     fn executor(&self) -> anyhow::Result<Arc<Executor>> {
         self.executor
             .clone()
@@ -217,7 +229,7 @@ impl Session {
             let executor = Arc::clone(&executor);
             async move { executor.execute(index).await }
         });
-        let phase = run_phase(self.runtime.handle(), plan, op);
+        let phase = run_phase(&self.lanes, plan, op);
         let missed = missed_objectives(&phase, &self.options);
         Ok(Step { phase, missed })
     }

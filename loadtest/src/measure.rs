@@ -3,6 +3,7 @@
 //! send → answer, the figure a closed-loop tool would show) and of dispatch lateness; counts of
 //! answers by status and code; and a per-second series for the live progress line and the plot.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ pub struct Outcome {
     pub kind: OpKind,
     pub class: Class,
     /// The answer's label ("201", "422 INSUFFICIENT_FUNDS", "503 RING_FULL", "timeout", …).
-    pub label: String,
+    pub label: Cow<'static, str>,
     /// Transfers the ledger posted / rejected in this operation (a batch carries many).
     pub transfers_posted: u64,
     pub transfers_rejected: u64,
@@ -195,7 +196,12 @@ impl Recorder {
         }
         self.transfers_posted += outcome.transfers_posted;
         self.transfers_rejected += outcome.transfers_rejected;
-        *self.answers.entry(outcome.label.clone()).or_insert(0) += 1;
+        match self.answers.get_mut(outcome.label.as_ref()) {
+            Some(count) => *count += 1,
+            None => {
+                self.answers.insert(outcome.label.clone().into_owned(), 1);
+            }
+        }
         for (code, count) in &outcome.item_rejections {
             *self.item_rejections.entry(code.clone()).or_insert(0) += count;
         }

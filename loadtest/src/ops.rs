@@ -6,6 +6,7 @@
 //! resends. Tags: `t` transfer, `b` batch, `h` hold reservation, `hc` / `hr` its commit or
 //! release.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -45,7 +46,7 @@ pub struct Executor {
 /// How the node's answer to a write settled, for the statistics.
 struct Settled {
     class: Class,
-    label: String,
+    label: Cow<'static, str>,
     posted: u64,
     rejected: u64,
     item_codes: BTreeMap<String, u64>,
@@ -232,7 +233,7 @@ impl Executor {
             )
             .await;
         let mut settled = Settled::of(&answer);
-        settled.label = format!("hold reserve {}", settled.label);
+        settled.label = format!("hold reserve {}", settled.label).into();
         let hold = match answer {
             Answer::Done { body, .. } => match serde_json::from_slice::<HoldOut>(&body) {
                 Ok(hold)
@@ -312,7 +313,7 @@ impl Executor {
         } else {
             "hold release"
         };
-        settled.label = format!("{stage} {}", settled.label);
+        settled.label = format!("{stage} {}", settled.label).into();
         match answer {
             Answer::Done { body, replayed, .. } if commit => {
                 // A fresh commit answers the posted transaction; a replay answers the hold's view.

@@ -62,9 +62,14 @@ pub struct Options {
     /// Per-request client timeout (the outcome is then unknown and resolved before the audit).
     #[arg(long, default_value = "15s", value_parser = duration)]
     pub timeout: Duration,
-    /// Client runtime threads (default: the machine's cores).
+    /// Threads of the runtime that sets up, resolves and audits (default: the machine's cores).
     #[arg(long)]
     pub client_threads: Option<usize>,
+    /// Load lanes: threads that each send, read and book a share of the load's requests on
+    /// connections of their own (default: 1, which costs the least CPU per request; in batch
+    /// mode the machine's cores, to build and parse the large bodies in parallel).
+    #[arg(long)]
+    pub lanes: Option<usize>,
     /// Speak HTTP/2 with prior knowledge (multiplexed) instead of HTTP/1.1 keep-alive.
     #[arg(long)]
     pub http2: bool,
@@ -204,6 +209,15 @@ impl Options {
         }
         if self.client_threads == Some(0) {
             return Err("--client-threads must be positive".into());
+        }
+        if self
+            .lanes
+            .is_some_and(|lanes| lanes == 0 || lanes > crate::driver::LANES_MAX)
+        {
+            return Err(format!(
+                "--lanes must be within [1, {}]",
+                crate::driver::LANES_MAX
+            ));
         }
         Ok(())
     }

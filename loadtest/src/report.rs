@@ -115,7 +115,7 @@ impl Summary<'_> {
                 "refine": o.refine,
                 "batch_size": o.batch_size,
                 "concurrency": o.concurrency, "grace_s": o.grace.as_secs_f64(), "timeout_s": o.timeout.as_secs_f64(),
-                "http2": o.http2,
+                "http2": o.http2, "lanes": s.lane_count(),
                 "accounts": o.accounts, "funding_idr": o.funding.to_string(), "tier": o.tier,
                 "amount_min_idr": o.amount_min.to_string(), "amount_max_idr": o.amount_max.to_string(),
                 "mix": {"transfer": o.mix.transfer, "hold": o.mix.hold}, "hold_commit_ratio": o.hold_commit_ratio,
@@ -175,14 +175,15 @@ impl Summary<'_> {
         };
         let _ = writeln!(
             out,
-            "load: {what}, zipf {}, concurrency {}, {}",
+            "load: {what}, zipf {}, concurrency {}, {}, {} lane(s)",
             o.zipf,
             o.concurrency,
             if o.http2 {
                 "HTTP/2"
             } else {
                 "HTTP/1.1 keep-alive"
-            }
+            },
+            self.session.lane_count()
         );
         if let Some(warmup) = &self.load.warmup {
             self.human_phase(&mut out, None, warmup);

@@ -197,7 +197,7 @@ fn the_audit_fails_when_the_ledger_is_changed_behind_the_testers_back() {
 /// Proves: operations whose answers were lost (the node applied them; the client saw the
 /// connection drop) are resolved by resending the same request with the same key and body,
 /// the node answers those resends as replays instead of applying them twice, and the audit
-/// then passes: every lost answer was learned, nothing was applied twice.
+/// then passes: every lost answer was learned, nothing was applied twice. (Two load lanes.)
 #[test]
 fn lost_answers_are_learned_by_resending_and_nothing_is_applied_twice() {
     let node = TestNode::start();
@@ -220,6 +220,9 @@ fn lost_answers_are_learned_by_resending_and_nothing_is_applied_twice() {
             "transfer=60,hold=40",
             "--seed",
             "11",
+            // Two lanes, each with its own connections to lose.
+            "--lanes",
+            "2",
         ],
     );
     options.url = proxy;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use payu_loadtest::driver::{Plan, run_phase};
+use payu_loadtest::driver::{Plan, lanes, run_phase};
 use payu_loadtest::measure::{Class, Outcome, quantile};
 use payu_loadtest::workload::OpKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,7 +107,9 @@ fn run_against_stall(concurrency: u32) -> Measured {
         label: String::new(),
         progress: false,
     };
-    let phase = run_phase(runtime.handle(), plan, op);
+    // Two lanes, as on the project's 2-core machine; the server runs on its own runtime.
+    let lanes = lanes(2).expect("lanes");
+    let phase = run_phase(&lanes, plan, op);
     assert!(
         arrivals.load(Ordering::SeqCst) >= STALLED_REQUEST,
         "the stall happened"
