@@ -89,16 +89,8 @@ pub struct Api {
     /// The load's paths, parsed once: a URL parsed per request (IDNA included) showed up in
     /// the client's profile.
     hot_urls: Vec<(&'static str, reqwest::Url)>,
-    /// The load's own client (HTTP/1.1), or with `--http2` a reqwest client of the load's
-    /// own: its connections are driven by the load's lanes, so setup, resolution and the audit
-    /// (on another runtime) must not share them.
-    live: Live,
-}
-
-#[derive(Clone)]
-enum Live {
-    Http1(Arc<Http1>),
-    Reqwest(reqwest::Client),
+    /// The load's own client (HTTP/1.1; `None` with `--http2`, which stays on reqwest).
+    live: Option<Arc<Http1>>,
 }
 
 /// Paths every operation of the load uses.
@@ -126,16 +118,14 @@ impl Api {
         if !base.starts_with("http://") {
             bail!("--url must be an http:// URL (the node speaks plain HTTP), got {base:?}");
         }
-        let builder = || {
-            let builder = reqwest::Client::builder()
-                .timeout(options.timeout)
-                .pool_max_idle_per_host(IDLE_CONNECTIONS_MAX)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .tcp_nodelay(true);
-            match options.http2 {
-                true => builder.http2_prior_knowledge(),
-                false => builder.http1_only(),
-            }
+        let mut builder = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_MAX)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true);
+        builder = match options.http2 {
+            true => builder.http2_prior_knowledge(),
+            false => builder.http1_only(),
         };
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", options.token))
             .context("the token is not a valid header value")?;
@@ -149,11 +139,11 @@ impl Api {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let live = match options.http2 {
-            true => Live::Reqwest(builder().build().context("building the HTTP client")?),
-            false => Live::Http1(Http1::new(&base, &options.token, options.timeout)?),
+            true => None,
+            false => Some(Http1::new(&base, &options.token, options.timeout)?),
         };
         Ok(Api {
-            client: builder().build().context("building the HTTP client")?,
+            client: builder.build().context("building the HTTP client")?,
             base,
             authorization,
             settle_timeout: options.timeout.max(SETTLE_TIMEOUT_MIN),
@@ -166,8 +156,8 @@ impl Api {
     /// part of the load: through the lean HTTP/1.1 client unless `--http2`.
     pub async fn post(&self, path: &str, key: Option<&str>, body: String) -> Answer {
         match &self.live {
-            Live::Http1(live) => live.post(path, key, body.as_bytes()).await,
-            Live::Reqwest(client) => self.post_with(client, path, key, body, None).await,
+            Some(live) => live.post(path, key, body.as_bytes()).await,
+            None => self.post_within(path, key, body, None).await,
         }
     }
 
@@ -178,20 +168,9 @@ impl Api {
         body: String,
         timeout: Option<Duration>,
     ) -> Answer {
-        self.post_with(&self.client, path, key, body, timeout).await
-    }
-
-    async fn post_with(
-        &self,
-        client: &reqwest::Client,
-        path: &str,
-        key: Option<&str>,
-        body: String,
-        timeout: Option<Duration>,
-    ) -> Answer {
         let request = match self.hot_urls.iter().find(|(hot, _)| *hot == path) {
-            Some((_, url)) => client.post(url.clone()),
-            None => client.post(format!("{}{path}", self.base)),
+            Some((_, url)) => self.client.post(url.clone()),
+            None => self.client.post(format!("{}{path}", self.base)),
         };
         let mut request = request.header(AUTHORIZATION, self.authorization.clone());
         if let Some(timeout) = timeout {

@@ -17,14 +17,16 @@
 //! waits are slept on the runtime's timer, reading answers as they come, until
 //! [`TIMER_SLEEP_MARGIN`] before the operation's time. One thread doing all of a request's
 //! work is what makes the tool cheap: the earlier design (a scheduler thread handing every
-//! request to a work-stealing runtime) woke a second thread for every request.
+//! request to a work-stealing runtime) woke a second thread for every request. (With
+//! `--http2` the operations still run on the client's work-stealing runtime, where reqwest's
+//! multiplexed connection lives; the lanes then only keep time and dispatch.)
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::measure::{Outcome, Recorder, human};
@@ -125,7 +127,14 @@ fn lock(recorder: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
 
 /// Runs one phase on `lanes` (each driven by a thread of its own for the phase) and returns
 /// when every dispatched operation has been answered. `op(i)` performs global operation `i`.
-pub fn run_phase<F, Fut>(lanes: &[Runtime], plan: Plan, op: Arc<F>) -> PhaseResult
+/// With `spawn_on`, the lanes only keep time and dispatch: the operations run on that runtime
+/// (the `--http2` mode: reqwest's multiplexed connection lives there).
+pub fn run_phase<F, Fut>(
+    lanes: &[Runtime],
+    spawn_on: Option<&Handle>,
+    plan: Plan,
+    op: Arc<F>,
+) -> PhaseResult
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
@@ -155,7 +164,12 @@ where
                 .name(name)
                 .spawn_scoped(scope, move || {
                     crate::http1::enter_lane(lane);
-                    runtime.block_on(run_lane(plan, lane, lanes.len(), start, op, shared));
+                    let lane = Lane {
+                        index: lane,
+                        count: lanes.len(),
+                        spawn_on,
+                    };
+                    runtime.block_on(run_lane(plan, lane, start, op, shared));
                 });
             // Without its thread a lane sends nothing: its operations are counted as not sent.
             if spawned.is_err() {
@@ -188,6 +202,13 @@ where
     }
 }
 
+/// Which lane, of how many, and where its operations run.
+struct Lane<'a> {
+    index: usize,
+    count: usize,
+    spawn_on: Option<&'a Handle>,
+}
+
 /// What the lanes of one phase share.
 struct Shared {
     recorder: Arc<Mutex<Recorder>>,
@@ -211,20 +232,15 @@ impl Shared {
 /// One lane's share of the phase: operations `lane`, `lane + lanes`, ... Returns when every
 /// operation of *every* lane has been answered, so a connection one lane opened (reqwest's
 /// pool is shared) is driven until no lane needs it any more.
-async fn run_lane<F, Fut>(
-    plan: &Plan,
-    lane: usize,
-    lanes: usize,
-    start: Instant,
-    op: Arc<F>,
-    shared: &Shared,
-) where
+async fn run_lane<F, Fut>(plan: &Plan, lane: Lane<'_>, start: Instant, op: Arc<F>, shared: &Shared)
+where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
     let ops = plan.ops();
     let cutoff = start + plan.duration + plan.grace;
-    let mut i = lane as u64;
+    let lanes = lane.count;
+    let mut i = lane.index as u64;
     while i < ops {
         let intended = plan.intended(i);
         wait_until(start + intended).await;
@@ -248,13 +264,17 @@ async fn run_lane<F, Fut>(
         let (recorder, finished) = (Arc::clone(&shared.recorder), Arc::clone(&shared.finished));
         // Boxed: the operation's future is large, and spawning would copy it twice over.
         let future = Box::pin(op(plan.first_index + i));
-        tokio::spawn(async move {
+        let task = async move {
             let outcome = future.await;
             let answered = start.elapsed();
             lock(&recorder).answered(intended, lateness, answered, &outcome);
             drop(permit);
             finished.notify_waiters();
-        });
+        };
+        match lane.spawn_on {
+            None => drop(tokio::spawn(task)),
+            Some(runtime) => drop(runtime.spawn(task)),
+        }
         i += lanes as u64;
     }
     shared.dispatching.fetch_sub(1, Ordering::SeqCst);

@@ -229,7 +229,9 @@ impl Session {
             let executor = Arc::clone(&executor);
             async move { executor.execute(index).await }
         });
-        let phase = run_phase(&self.lanes, plan, op);
+        // HTTP/2 runs on the client runtime, where reqwest's multiplexed connection lives.
+        let spawn_on = self.options.http2.then(|| self.runtime.handle());
+        let phase = run_phase(&self.lanes, spawn_on, plan, op);
         let missed = missed_objectives(&phase, &self.options);
         Ok(Step { phase, missed })
     }
