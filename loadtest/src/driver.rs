@@ -144,7 +144,7 @@ where
         recorder: Arc::new(Mutex::new(Recorder::new())),
         slots: Arc::new(Semaphore::new(plan.concurrency as usize)),
         dispatching: AtomicUsize::new(lanes.len()),
-        finished: Arc::new(Notify::new()),
+        dispatched: Notify::new(),
         not_sent: AtomicUsize::new(0),
     };
     let ops = plan.ops();
@@ -176,7 +176,7 @@ where
                 let count = (lane as u64..ops).step_by(lanes.len()).count();
                 shared.not_sent.fetch_add(count, Ordering::SeqCst);
                 shared.dispatching.fetch_sub(1, Ordering::SeqCst);
-                shared.finished.notify_waiters();
+                shared.dispatched.notify_waiters();
             }
         }
     });
@@ -216,22 +216,14 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// Lanes still dispatching.
     dispatching: AtomicUsize,
-    /// Told when an operation finishes or a lane stops dispatching.
-    finished: Arc<Notify>,
+    /// Told when a lane stops dispatching.
+    dispatched: Notify,
     not_sent: AtomicUsize,
 }
 
-impl Shared {
-    /// Nothing left to dispatch anywhere and every slot back: every operation was answered.
-    fn all_done(&self, concurrency: usize) -> bool {
-        self.dispatching.load(Ordering::SeqCst) == 0
-            && self.slots.available_permits() == concurrency
-    }
-}
-
 /// One lane's share of the phase: operations `lane`, `lane + lanes`, ... Returns when every
-/// operation of *every* lane has been answered, so a connection one lane opened (reqwest's
-/// pool is shared) is driven until no lane needs it any more.
+/// operation of *every* lane has been answered, so a connection one lane opened (a reqwest
+/// client's pool is shared) is driven until no lane needs it any more.
 async fn run_lane<F, Fut>(plan: &Plan, lane: Lane<'_>, start: Instant, op: Arc<F>, shared: &Shared)
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
@@ -261,7 +253,7 @@ where
         };
         let lateness = start.elapsed().saturating_sub(intended);
         lock(&shared.recorder).dispatched(lateness);
-        let (recorder, finished) = (Arc::clone(&shared.recorder), Arc::clone(&shared.finished));
+        let recorder = Arc::clone(&shared.recorder);
         // Boxed: the operation's future is large, and spawning would copy it twice over.
         let future = Box::pin(op(plan.first_index + i));
         let task = async move {
@@ -269,7 +261,6 @@ where
             let answered = start.elapsed();
             lock(&recorder).answered(intended, lateness, answered, &outcome);
             drop(permit);
-            finished.notify_waiters();
         };
         match lane.spawn_on {
             None => drop(tokio::spawn(task)),
@@ -278,15 +269,17 @@ where
         i += lanes as u64;
     }
     shared.dispatching.fetch_sub(1, Ordering::SeqCst);
-    shared.finished.notify_waiters();
-    let concurrency = plan.concurrency as usize;
+    shared.dispatched.notify_waiters();
     loop {
-        let finished = shared.finished.notified();
-        if shared.all_done(concurrency) {
-            return;
+        let dispatched = shared.dispatched.notified();
+        if shared.dispatching.load(Ordering::SeqCst) == 0 {
+            break;
         }
-        finished.await;
+        dispatched.await;
     }
+    // Nothing is dispatched any more, so slots only come back: every slot back means every
+    // operation was answered (each is time-bounded; a task that panicked gave its slot back too).
+    drop(shared.slots.acquire_many(plan.concurrency).await);
 }
 
 /// Waits until `deadline`: on the runtime's timer while it is far, then by sleeping the thread
