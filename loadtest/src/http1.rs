@@ -689,20 +689,21 @@ mod tests {
             Ok(Parsed::Partial { .. }) => panic!("complete: {text:?}"),
             Err(label) => Err(label),
         };
-        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+        let h =
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").expect("parses");
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
-        let h = head("HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        let h = head("HTTP/1.1 204 No Content\r\n\r\n").expect("parses");
         assert_eq!((h.framing, h.keep_alive), (Framing::Length(0), true));
-        let h = head("HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        let h = head("HTTP/1.1 200 OK\r\n\r\n").expect("parses");
         assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
-        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").expect("parses");
         assert!(!h.keep_alive);
         let h =
             head("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\ncontent-length: 1\r\n\r\n")
-                .unwrap();
+                .expect("parses");
         assert!(!h.keep_alive);
-        let h =
-            head("HTTP/1.1 409 \r\nContent-Type: text/plain\r\ncontent-length: 1\r\n\r\n").unwrap();
+        let h = head("HTTP/1.1 409 \r\nContent-Type: text/plain\r\ncontent-length: 1\r\n\r\n")
+            .expect("parses");
         assert_eq!((h.status, h.json), (409, false));
         for bad in [
             "HTTP/2 200 OK\r\n\r\n",
@@ -755,7 +756,7 @@ mod tests {
         let mut out = Vec::new();
         client.render(&mut out, "/v1/transfers", Some("k-1"), b"{}");
         assert_eq!(
-            String::from_utf8(out.clone()).unwrap(),
+            String::from_utf8(out.clone()).expect("ASCII"),
             "POST /base/v1/transfers HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer tok\r\n\
              Content-Type: application/json\r\nIdempotency-Key: k-1\r\nContent-Length: 2\r\n\r\n{}"
         );
