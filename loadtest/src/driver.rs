@@ -42,7 +42,10 @@ pub const THREAD_SLEEP_MAX: Duration = Duration::from_micros(200);
 const TIMER_SLEEP_ABOVE: Duration = Duration::from_millis(3);
 /// ...until this long before the operation's time.
 const TIMER_SLEEP_MARGIN: Duration = Duration::from_millis(2);
-/// Lanes, at most (`--client-threads`).
+/// Operations a lane dispatches back to back, at most, before it lets their tasks run (it
+/// does not wait between operations whose time has already come: a lane that fell behind).
+const DISPATCHES_PER_YIELD_MAX: u32 = 16;
+/// Lanes, at most (`--lanes`).
 pub const LANES_MAX: usize = 64;
 
 /// The lanes a session runs its load on: single-threaded runtimes that live as long as the
@@ -233,9 +236,16 @@ where
     let cutoff = start + plan.duration + plan.grace;
     let lanes = lane.count;
     let mut i = lane.index as u64;
+    let mut back_to_back = 0;
     while i < ops {
         let intended = plan.intended(i);
-        wait_until(start + intended).await;
+        if wait_until(start + intended).await {
+            back_to_back = 0;
+        } else if back_to_back >= DISPATCHES_PER_YIELD_MAX {
+            tokio::task::yield_now().await;
+            back_to_back = 0;
+        }
+        back_to_back += 1;
         let permit = match Arc::clone(&shared.slots).try_acquire_owned() {
             Ok(permit) => Some(permit),
             // Every slot is busy: wait for one (reading answers meanwhile), not past the cutoff.
@@ -284,16 +294,19 @@ where
 
 /// Waits until `deadline`: on the runtime's timer while it is far, then by sleeping the thread
 /// in steps of at most [`THREAD_SLEEP_MAX`], each after running every ready task and reading
-/// every answer that has arrived. (Never early: the runtime's timer only wakes late.)
-async fn wait_until(deadline: Instant) {
+/// every answer that has arrived. (Never early: the runtime's timer only wakes late.) Returns
+/// whether it waited at all (and so let other tasks run).
+async fn wait_until(deadline: Instant) -> bool {
+    let mut waited = false;
     loop {
         let now = Instant::now();
         let Some(wait) = deadline
             .checked_duration_since(now)
             .filter(|w| !w.is_zero())
         else {
-            return;
+            return waited;
         };
+        waited = true;
         if wait > TIMER_SLEEP_ABOVE {
             tokio::time::sleep(wait - TIMER_SLEEP_MARGIN).await;
             continue;
