@@ -40,6 +40,8 @@ pub(crate) struct Window<T: WindowItem> {
     index_bits: u32,
     /// The most items the index is sized for.
     capacity: u64,
+    /// Slots in use: one per item, except items superseded by a later one with their key.
+    used: usize,
     items: VecDeque<T>,
     /// The absolute position of `items[0]`; positions never repeat.
     first_position: u64,
@@ -78,6 +80,7 @@ impl<T: WindowItem> Window<T> {
             index_mask: slots - 1,
             index_bits: slots.trailing_zeros(),
             capacity,
+            used: 0,
             items: VecDeque::with_capacity(capacity as usize),
             first_position: 0,
             evicted_early: 0,
@@ -194,6 +197,7 @@ impl<T: WindowItem> Window<T> {
             None => {
                 // Items never outnumber `capacity`, and the index has half as many again.
                 assert!(self.items.len() < self.index.len(), "window index full");
+                self.used += 1;
                 self.empty_slot_for(slot_tag(slot))
             }
         };
@@ -265,6 +269,7 @@ impl<T: WindowItem> Window<T> {
             }
         }
         self.index[hole] = SLOT_EMPTY;
+        self.used -= 1;
     }
 
     /// Checks that the index and the items agree, that items are in time order and none is
@@ -274,32 +279,24 @@ impl<T: WindowItem> Window<T> {
         last: Timestamp,
         item_ok: impl Fn(&T) -> Result<(), String>,
     ) -> Result<(), String> {
-        let mut used = 0usize;
-        for (at, &slot) in self.index.iter().enumerate() {
-            if slot == SLOT_EMPTY {
-                continue;
-            }
-            used += 1;
-            let offset = (slot as u32).wrapping_sub(self.first_position as u32) as usize;
-            let item = self.items.get(offset).ok_or("index past the end")?;
-            if self.tag(item.key()) != slot_tag(slot) {
-                return Err("index names the wrong item".into());
-            }
-            if self.find_key(item.key()) != Some((at, slot)) {
-                return Err("index slot unreachable from its home".into());
-            }
-        }
-        if used > self.items.len() {
-            return Err("index holds more slots than items".into());
-        }
-        // Every item is indexed, or superseded by a later item with its key.
+        // Every item is indexed, or superseded by a later item with its key; and the slots
+        // that name their own item are all the used slots, so none is stray. This walks the
+        // items, not the index, which is sized for the bound and mostly empty.
+        let mut self_named = 0usize;
         for (offset, item) in self.items.iter().enumerate() {
             let (_, slot) = self
                 .find_key(item.key())
                 .ok_or("item missing from the index")?;
-            if self.offset(slot) < offset {
-                return Err("index names an older item than one it holds".into());
+            match self.offset(slot).cmp(&offset) {
+                std::cmp::Ordering::Less => {
+                    return Err("index names an older item than one it holds".into());
+                }
+                std::cmp::Ordering::Equal => self_named += 1,
+                std::cmp::Ordering::Greater => {}
             }
+        }
+        if self_named != self.used {
+            return Err("index holds slots that name no item".into());
         }
         let ordered = self
             .items
