@@ -456,6 +456,28 @@ mod tests {
     }
 
     #[test]
+    fn positions_past_32_bits_still_name_their_items() {
+        // Slots keep only the low 32 bits of a position; a window that has seen 2^32 items
+        // must still find, evict and verify across the wrap.
+        let mut window = Window::with_capacity(4);
+        window.first_position = u64::from(u32::MAX) - 2;
+        for key in 0..12u64 {
+            window.push(Item(key, Timestamp(key)), 4);
+            window
+                .verify(Timestamp(key), |_| Ok(()))
+                .expect("consistent across the wrap");
+        }
+        assert!(window.first_position > u64::from(u32::MAX));
+        assert!(window.get(7, Timestamp(11), 100).is_none(), "evicted");
+        for key in 8..12u64 {
+            assert_eq!(
+                window.get(key, Timestamp(11), 100),
+                Some(&Item(key, Timestamp(key)))
+            );
+        }
+    }
+
+    #[test]
     fn reused_key_supersedes_a_stale_item() {
         let mut window = Window::with_capacity(10);
         window.push(Item(7, Timestamp(0)), 10);
