@@ -14,6 +14,7 @@ pub const WINDOW_EXPIRIES_PER_COMMAND_MAX: usize = 64;
 /// The index has at least this many slots per item of capacity (rounded up to a power of two),
 /// so it is at most two-thirds full and a probe rarely leaves its first cache line.
 const INDEX_SLOTS_PER_ITEM_MIN: (u64, u64) = (3, 2);
+/// The smallest index, whatever the capacity.
 const INDEX_SLOTS_MIN: usize = 8;
 
 pub(crate) trait WindowItem {
