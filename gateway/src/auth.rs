@@ -235,6 +235,12 @@ pub struct Authenticator {
 /// What a cached token still needs checked on each use: its time bounds.
 struct Verified {
     principal: Principal,
+    times: TokenTimes,
+}
+
+/// A token's `exp` and `nbf` claims, in Unix seconds.
+#[derive(Clone, Copy)]
+struct TokenTimes {
     expires_at: u64,
     not_before: Option<u64>,
 }
@@ -309,17 +315,13 @@ impl Authenticator {
             return cached;
         }
         let (principal, times) = self.verify(token)?;
-        if let Some((expires_at, not_before)) = times {
+        if let Some(times) = times {
             let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
             if verified.len() >= VERIFIED_TOKENS_MAX {
                 verified.clear();
             }
-            let entry = Verified {
-                principal: principal.clone(),
-                expires_at,
-                not_before,
-            };
-            verified.insert(token.into(), entry);
+            let principal = principal.clone();
+            verified.insert(token.into(), Verified { principal, times });
         }
         Ok(principal)
     }
@@ -328,9 +330,10 @@ impl Authenticator {
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         let entry = verified.get(token)?;
         let leeway = self.leeway_seconds;
-        Some(if entry.expires_at.saturating_add(leeway) < now {
+        Some(if entry.times.expires_at.saturating_add(leeway) < now {
             Err(AuthError::Expired)
         } else if entry
+            .times
             .not_before
             .is_some_and(|nbf| nbf > now.saturating_add(leeway))
         {
@@ -342,8 +345,7 @@ impl Authenticator {
 
     /// Checks the signature and every claim. Also returns `exp` and `nbf` when they are plain
     /// integers, which is when the token may be cached.
-    #[allow(clippy::type_complexity)]
-    fn verify(&self, token: &str) -> Result<(Principal, Option<(u64, Option<u64>)>), AuthError> {
+    fn verify(&self, token: &str) -> Result<(Principal, Option<TokenTimes>), AuthError> {
         let (keys, validation) = match token_algorithm(token)? {
             Algorithm::HS256 => (&self.hs256_keys, &self.hs256_validation),
             Algorithm::RS256 => (&self.rs256_keys, &self.rs256_validation),
@@ -500,13 +502,16 @@ struct TokenClaims {
 impl TokenClaims {
     /// `exp` and `nbf` as integers, or `None` if either is another kind of number (which
     /// jsonwebtoken accepts): such a token is verified in full every time.
-    fn times(&self) -> Option<(u64, Option<u64>)> {
+    fn times(&self) -> Option<TokenTimes> {
         let expires_at = self.exp.as_ref()?.as_u64()?;
         let not_before = match &self.nbf {
             None => None,
             Some(nbf) => Some(nbf.as_u64()?),
         };
-        Some((expires_at, not_before))
+        Some(TokenTimes {
+            expires_at,
+            not_before,
+        })
     }
 }
 
