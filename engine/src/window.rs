@@ -133,15 +133,20 @@ impl<T: WindowItem> Window<T> {
 
     /// The slot index and value holding `key`, if any.
     fn find_key(&self, key: T::Key) -> Option<(usize, u64)> {
-        let tag = self.tag(key);
+        self.probe(self.tag(key), key).ok()
+    }
+
+    /// Walks the probe run from the tag's home: the slot index and value holding `key`, or
+    /// the index of the empty slot that ends the run (where `key` would go).
+    fn probe(&self, tag: u32, key: T::Key) -> Result<(usize, u64), usize> {
         let mut at = self.home(tag);
         loop {
             let slot = self.index[at];
             if slot == SLOT_EMPTY {
-                return None;
+                return Err(at);
             }
             if slot_tag(slot) == tag && self.items[self.offset(slot)].key() == key {
-                return Some((at, slot));
+                return Ok((at, slot));
             }
             at = (at + 1) & self.index_mask;
         }
@@ -191,28 +196,19 @@ impl<T: WindowItem> Window<T> {
 
     fn push_back(&mut self, item: T) {
         let key = item.key();
+        let tag = self.tag(key);
         let position = self.first_position + self.items.len() as u64;
-        let slot = (u64::from(self.tag(key)) << 32) | u64::from(position as u32);
-        let at = match self.find_key(key) {
-            Some((at, _)) => at, // a stale item with this key: the new one supersedes it
-            None => {
+        let at = match self.probe(tag, key) {
+            Ok((at, _)) => at, // a stale item with this key: the new one supersedes it
+            Err(empty) => {
                 // Items never outnumber `capacity`, and the index has half as many again.
                 assert!(self.items.len() < self.index.len(), "window index full");
                 self.used += 1;
-                self.empty_slot_for(slot_tag(slot))
+                empty
             }
         };
-        self.index[at] = slot;
+        self.index[at] = slot_value(tag, position);
         self.items.push_back(item);
-    }
-
-    /// The first empty slot on the probe run from the tag's home.
-    fn empty_slot_for(&self, tag: u32) -> usize {
-        let mut at = self.home(tag);
-        while self.index[at] != SLOT_EMPTY {
-            at = (at + 1) & self.index_mask;
-        }
-        at
     }
 
     /// Removes up to `WINDOW_EXPIRIES_PER_COMMAND_MAX` items whose time is up at `now`.
@@ -230,7 +226,7 @@ impl<T: WindowItem> Window<T> {
             return;
         };
         // A newer item may have superseded this key: then no slot holds this position.
-        let slot = (u64::from(self.tag(item.key())) << 32) | u64::from(self.first_position as u32);
+        let slot = slot_value(self.tag(item.key()), self.first_position);
         if let Some(at) = self.find_slot(slot) {
             self.remove_slot(at);
         }
@@ -309,6 +305,11 @@ impl<T: WindowItem> Window<T> {
         }
         self.items.iter().try_for_each(item_ok)
     }
+}
+
+/// A used slot: the tag, and the low 32 bits of the position.
+fn slot_value(tag: u32, position: u64) -> u64 {
+    (u64::from(tag) << 32) | u64::from(position as u32)
 }
 
 fn slot_tag(slot: u64) -> u32 {
