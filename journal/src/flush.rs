@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use io_uring::{IoUring, opcode, types};
+use io_uring::{IoUring, opcode, squeue, types};
 
 /// Which backend to use; `Auto` probes io_uring and falls back to the syscall.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,24 +91,35 @@ fn submit_fdatasync(ring: &mut IoUring, file: &File) -> io::Result<()> {
         .flags(types::FsyncFlags::DATASYNC)
         .build()
         .user_data(1);
-    // SAFETY: the entry refers only to `file`'s descriptor, which is open now and stays open
-    // until `submit` below returns; from submission on the kernel holds its own reference to
-    // the file, so the operation never outlives what it names.
+    submit(ring, &entry)
+}
+
+/// Submits one entry. Callers build entries that name only the descriptor of a `File` they
+/// hold borrowed across this call, and no memory.
+fn submit(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
+    // SAFETY: the entry refers only to a file descriptor, which is open now and stays open
+    // until `submit` below returns (see above); from submission on the kernel holds its own
+    // reference to the file, so the operation never outlives what it names.
     #[allow(unsafe_code)]
     unsafe {
         ring.submission()
-            .push(&entry)
+            .push(entry)
             .map_err(|_| io::Error::other("io_uring queue full"))?;
     }
     ring.submit()?;
     Ok(())
 }
 
-/// Waits for and reaps every in-flight flush; the first error wins.
+/// Waits for and reaps every in-flight operation; the first error wins. A signal arriving
+/// while the thread waits interrupts the wait, not the operations: it waits again.
 fn reap(ring: &mut IoUring, in_flight: &mut u32) -> io::Result<()> {
     let mut first_error = None;
     while *in_flight > 0 {
-        ring.submit_and_wait(1)?;
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
         for completion in ring.completion() {
             *in_flight -= 1;
             if completion.result() < 0 && first_error.is_none() {
@@ -167,28 +178,8 @@ impl RangeWriteback {
             .flags(flags)
             .build()
             .user_data(2);
-        // SAFETY: the entry refers only to `file`'s descriptor, which stays open until this
-        // returns, and this waits for the entry's completion before returning.
-        #[allow(unsafe_code)]
-        unsafe {
-            self.ring
-                .submission()
-                .push(&entry)
-                .map_err(|_| io::Error::other("io_uring queue full"))?;
-        }
-        loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
-            }
-            if let Some(completion) = self.ring.completion().next() {
-                return match completion.result() {
-                    result if result < 0 => Err(io::Error::from_raw_os_error(-result)),
-                    _ => Ok(()),
-                };
-            }
-        }
+        submit(&mut self.ring, &entry)?;
+        reap(&mut self.ring, &mut 1)
     }
 }
 
