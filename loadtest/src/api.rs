@@ -64,6 +64,16 @@ impl std::ops::Deref for Body {
 }
 
 impl Answer {
+    /// A non-2xx answer with its problem code: 4xx is a refusal, anything else unknown.
+    pub(crate) fn not_done(status: u16, code: String) -> Answer {
+        match status {
+            400..=499 => Answer::Refused { status, code },
+            _ => Answer::Unknown {
+                label: format!("{status} {code}"),
+            },
+        }
+    }
+
     /// The key under which the run's error table counts this answer (no allocation for the
     /// usual 2xx: it is made for every answer of the load).
     pub fn label(&self) -> Cow<'static, str> {
@@ -287,13 +297,7 @@ async fn send(request: reqwest::RequestBuilder) -> Answer {
             replayed,
             body: Body::Bytes(body),
         },
-        400..=499 => Answer::Refused {
-            status,
-            code: problem_code(&body),
-        },
-        _ => Answer::Unknown {
-            label: format!("{status} {}", problem_code(&body)),
-        },
+        status => Answer::not_done(status, problem_code(&body)),
     }
 }
 

@@ -256,12 +256,7 @@ impl Http1 {
                 if reusable {
                     self.check_in(connection);
                 }
-                match status {
-                    400..=499 => Answer::Refused { status, code },
-                    _ => Answer::Unknown {
-                        label: format!("{status} {code}"),
-                    },
-                }
+                Answer::not_done(status, code)
             }
         }
     }
