@@ -22,6 +22,13 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"PAYUSEG1";
 pub const SEGMENT_VERSION: u16 = 1;
 /// Bytes read at once by a cursor; a longer record is read whole.
 const CURSOR_CHUNK_BYTES: usize = 1 << 20;
+/// The first read after a `refresh`: a reader that caught up with the writer finds only the
+/// few records of one group commit past its position, and the rest of a full chunk would be
+/// the unwritten (zero) end of the segment, copied for nothing on every wake-up. Each read
+/// after it doubles, back up to `CURSOR_CHUNK_BYTES` for a reader that is behind.
+const CURSOR_TAIL_CHUNK_BYTES: usize = 4 << 10;
+
+const _: () = assert!(CURSOR_TAIL_CHUNK_BYTES <= CURSOR_CHUNK_BYTES);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -83,8 +90,13 @@ pub enum Found<'a> {
 pub struct Cursor<S: SegmentRead> {
     segment: S,
     length: u64,
+    /// Only `buffer[..buffered]` holds segment bytes (from `buffer_offset`); the buffer keeps
+    /// its length between reads so that a read does not zero it first.
     buffer: rkyv::util::AlignedVec<16>,
+    buffered: usize,
     buffer_offset: u64,
+    /// Bytes the next read asks for (`CURSOR_TAIL_CHUNK_BYTES..=CURSOR_CHUNK_BYTES`).
+    chunk: usize,
 }
 
 impl<S: SegmentRead> Cursor<S> {
@@ -94,7 +106,9 @@ impl<S: SegmentRead> Cursor<S> {
             segment,
             length,
             buffer: rkyv::util::AlignedVec::new(),
+            buffered: 0,
             buffer_offset: 0,
+            chunk: CURSOR_CHUNK_BYTES,
         })
     }
 
@@ -133,9 +147,11 @@ impl<S: SegmentRead> Cursor<S> {
 
     /// Forgets the buffered bytes, so the next read sees what was written since they were read
     /// (a reader that caught up with the writer, or raced its copy, holds stale bytes).
+    /// The next read is small (`CURSOR_TAIL_CHUNK_BYTES`), since such a reader is at the tail.
     pub fn refresh(&mut self) {
-        self.buffer.clear();
+        self.buffered = 0;
         self.buffer_offset = 0;
+        self.chunk = CURSOR_TAIL_CHUNK_BYTES;
     }
 
     /// Whether any byte from `offset` to the end of the segment is non-zero.
@@ -154,19 +170,170 @@ impl<S: SegmentRead> Cursor<S> {
     /// `len` bytes at `offset`, refilling the buffer from `offset` when they are not in it.
     pub fn bytes(&mut self, offset: u64, len: usize) -> io::Result<&[u8]> {
         let end = offset + len as u64;
-        let buffered_end = self.buffer_offset + self.buffer.len() as u64;
+        let buffered_end = self.buffer_offset + self.buffered as u64;
         if offset < self.buffer_offset || end > buffered_end {
-            let want = len.max(CURSOR_CHUNK_BYTES) as u64;
+            let want = len.max(self.chunk) as u64;
             let fill = want.min(self.length.saturating_sub(offset)) as usize;
             if fill < len {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
             }
-            self.buffer.clear();
-            self.buffer.resize(fill, 0);
-            self.segment.read_at(offset, &mut self.buffer)?;
+            if self.buffer.len() < fill {
+                self.buffer.resize(fill, 0);
+            }
+            self.buffered = 0; // a failed read leaves nothing buffered
+            self.segment.read_at(offset, &mut self.buffer[..fill])?;
+            self.buffered = fill;
             self.buffer_offset = offset;
+            self.chunk = (self.chunk * 2).min(CURSOR_CHUNK_BYTES);
         }
         let start = (offset - self.buffer_offset) as usize;
         Ok(&self.buffer[start..start + len])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::record::RecordKind;
+
+    /// A segment in memory that the test appends to while a cursor reads it, counting the
+    /// bytes the cursor reads.
+    #[derive(Clone, Default)]
+    struct Growing {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        read: Arc<AtomicU64>,
+        calls: Arc<AtomicU64>,
+    }
+
+    impl SegmentRead for Growing {
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.bytes.lock().expect("lock").len() as u64)
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            let bytes = self.bytes.lock().expect("lock");
+            let start = offset as usize;
+            buf.copy_from_slice(&bytes[start..start + buf.len()]);
+            self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn record(seq: u64, payload_len: usize) -> Vec<u8> {
+        let payload: Vec<u8> = (0..payload_len).map(|i| (seq as usize + i) as u8).collect();
+        let header = RecordHeader {
+            kind: RecordKind::Command,
+            length: payload_len as u32,
+            crc32c: 0,
+            seq,
+            epoch: 1,
+            timestamp: seq,
+            prev_hash: 0,
+            durable_watermark: 0,
+        };
+        let mut bytes = header.encode(&payload).to_vec();
+        bytes.extend_from_slice(&payload);
+        bytes.resize(record_len(payload_len), 0);
+        bytes
+    }
+
+    #[test]
+    fn a_tailing_cursor_sees_new_records_after_refresh_and_reads_little_per_wake_up() {
+        const SEGMENT_BYTES: usize = 8 << 20;
+        let segment = Growing::default();
+        segment.bytes.lock().expect("lock").resize(SEGMENT_BYTES, 0);
+        let mut cursor = Cursor::new(segment.clone()).expect("cursor");
+        let mut offset = SEGMENT_HEADER_LEN;
+        let mut seq = 1;
+        // The first read of a fresh cursor is a whole chunk: it sees only zeros.
+        assert!(matches!(
+            cursor.record_at(offset).expect("read"),
+            Found::End
+        ));
+        for wake_up in 0..200u64 {
+            // The writer appends one group commit (3 records, one of them longer than the tail
+            // chunk every tenth time) while the cursor holds stale bytes.
+            for i in 0..3u64 {
+                let len = if wake_up % 10 == 0 && i == 1 {
+                    9000
+                } else {
+                    240
+                };
+                let bytes = record(seq + i, len);
+                let at = (offset as usize) + written_len(&segment, offset);
+                segment.bytes.lock().expect("lock")[at..at + bytes.len()].copy_from_slice(&bytes);
+            }
+            assert!(
+                matches!(cursor.record_at(offset).expect("read"), Found::End),
+                "the stale buffer still shows the end"
+            );
+            cursor.refresh();
+            let before = segment.read.load(Ordering::Relaxed);
+            for _ in 0..3 {
+                match cursor.record_at(offset).expect("read") {
+                    Found::Record { header, bytes } => {
+                        assert_eq!(header.seq, seq);
+                        assert_eq!(bytes.len(), HEADER_LEN + header.length as usize);
+                        offset += record_len(header.length as usize) as u64;
+                        seq += 1;
+                    }
+                    other => panic!("record {seq} not found after refresh: {other:?}"),
+                }
+            }
+            assert!(matches!(
+                cursor.record_at(offset).expect("read"),
+                Found::End
+            ));
+            let read = segment.read.load(Ordering::Relaxed) - before;
+            // A few small reads, never the 1 MiB chunk a cursor reads when it is behind.
+            assert!(read < 64 << 10, "wake-up {wake_up} read {read} bytes");
+        }
+    }
+
+    #[test]
+    fn a_cursor_behind_the_writer_reads_in_whole_chunks() {
+        let segment = Growing::default();
+        let mut bytes = vec![0u8; SEGMENT_HEADER_LEN as usize];
+        let records = 20_000u64;
+        for seq in 1..=records {
+            bytes.extend_from_slice(&record(seq, 240));
+        }
+        bytes.resize(bytes.len() + (1 << 20), 0);
+        *segment.bytes.lock().expect("lock") = bytes;
+        let mut cursor = Cursor::new(segment.clone()).expect("cursor");
+        cursor.refresh(); // even from the small tail chunk, reads grow back to whole chunks
+        let mut offset = SEGMENT_HEADER_LEN;
+        for seq in 1..=records {
+            match cursor.record_at(offset).expect("read") {
+                Found::Record { header, .. } => {
+                    assert_eq!(header.seq, seq);
+                    offset += record_len(header.length as usize) as u64;
+                }
+                other => panic!("record {seq}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            cursor.record_at(offset).expect("read"),
+            Found::End
+        ));
+        // 20,000 × 304 bytes ≈ 5.8 MiB: 9 reads growing from 4 KiB to 1 MiB, then about 6
+        // whole chunks; not one small read per few records.
+        let calls = segment.calls.load(Ordering::Relaxed);
+        assert!(calls <= 20, "{calls} reads for {offset} bytes of records");
+    }
+
+    /// Bytes of records already written from `offset` (the test's writer position).
+    fn written_len(segment: &Growing, offset: u64) -> usize {
+        let bytes = segment.bytes.lock().expect("lock");
+        let mut at = offset as usize;
+        while bytes[at..at + HEADER_LEN].iter().any(|&b| b != 0) {
+            let length = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4"));
+            at += record_len(length as usize);
+        }
+        at - offset as usize
     }
 }
