@@ -131,6 +131,11 @@ impl<T: WindowItem> Window<T> {
         (item.at().saturating_add_nanos(window_ns) > now).then_some(offset)
     }
 
+    /// Loads the index slot where a probe for `key` starts (see `Engine::touch`).
+    pub(crate) fn touch(&self, key: T::Key) {
+        std::hint::black_box(self.index[self.home(self.tag(key))]);
+    }
+
     /// The slot index and value holding `key`, if any.
     fn find_key(&self, key: T::Key) -> Option<(usize, u64)> {
         self.probe(self.tag(key), key).ok()
