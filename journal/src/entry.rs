@@ -17,8 +17,29 @@ pub struct Entry {
 }
 
 pub fn encode_entry(entry: &Entry) -> AlignedVec {
-    // Serialising owned in-memory data into a growable buffer cannot fail.
-    rkyv::to_bytes::<rancor::Error>(entry).expect("entry serialisation")
+    let mut encoder = EntryEncoder::default();
+    encoder.encode(entry);
+    encoder.buffer
+}
+
+/// Encodes entries into one reused buffer: the engine thread encodes every command it
+/// applies, and a fresh buffer per record had to grow from empty each time. The buffer keeps
+/// the capacity of the largest entry encoded, at most a record's `PAYLOAD_BYTES_MAX`.
+#[derive(Debug, Default)]
+pub struct EntryEncoder {
+    buffer: AlignedVec,
+}
+
+impl EntryEncoder {
+    /// The entry's payload bytes, valid until the next call.
+    pub fn encode(&mut self, entry: &Entry) -> &[u8] {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        // Serialising owned in-memory data into a growable buffer cannot fail.
+        self.buffer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(entry, buffer)
+            .expect("entry serialisation");
+        &self.buffer
+    }
 }
 
 /// Decodes and validates a payload (copying it first if it is not 16-byte aligned).
@@ -249,4 +270,49 @@ pub fn restore_engine<S: crate::Storage>(
         replayed,
         rejected_snapshots,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use payu_engine::{
+        AccountId, Amount, Command, CommandBody, CommandResult, Currency, IdempotencyKey, Outcome,
+        RejectCode, Transfer,
+    };
+
+    use super::*;
+
+    fn entry(key: u128, transfers: usize) -> Entry {
+        let transfer = |n: usize| Transfer {
+            from: AccountId(n as u64 + 2),
+            to: AccountId(n as u64 + 3),
+            amount: Amount::whole(n as u64 + 1),
+            currency: Currency::IDR,
+        };
+        let body = match transfers {
+            1 => CommandBody::Transfer(transfer(0)),
+            n => CommandBody::TransferBatch((0..n).map(transfer).collect()),
+        };
+        Entry {
+            command: Command {
+                key: IdempotencyKey(key),
+                body,
+            },
+            outcome: Outcome {
+                result: CommandResult::Rejected(RejectCode::AccountNotFound),
+                expired_holds: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_reused_encoder_encodes_each_entry_as_a_fresh_buffer_does() {
+        let mut encoder = EntryEncoder::default();
+        // Large, then small, then large again: nothing of an earlier entry may survive.
+        for (key, transfers) in [(1, 1000), (2, 1), (3, 7), (4, 1000), (5, 1)] {
+            let entry = entry(key, transfers);
+            let encoded = encoder.encode(&entry).to_vec();
+            assert_eq!(encoded, encode_entry(&entry).to_vec(), "entry {key}");
+            assert_eq!(decode_entry(&encoded), Ok(entry), "entry {key}");
+        }
+    }
 }

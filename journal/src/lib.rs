@@ -19,7 +19,8 @@ mod snapshot;
 mod storage;
 
 pub use entry::{
-    Entry, ReplayError, RestoreError, Restored, decode_entry, encode_entry, replay, restore_engine,
+    Entry, EntryEncoder, ReplayError, RestoreError, Restored, decode_entry, encode_entry, replay,
+    restore_engine,
 };
 pub use flush::FlushMode;
 pub use journal::{
