@@ -719,6 +719,15 @@ impl<S: Storage> Journal<S> {
         &self.storage
     }
 
+    /// Opens readers later, from any thread, while the journal itself is owned elsewhere (the
+    /// gateway reads a journaled answer back for an idempotent replay).
+    pub fn readers(&self) -> Readers<S::Reader> {
+        Readers {
+            storage: self.storage.reader(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// A reader that yields durable records from `from_seq` on, on any thread.
     pub fn reader(&self, from_seq: u64) -> Result<Reader<S::Reader>, JournalError> {
         let first = self.first_seq();
@@ -800,6 +809,63 @@ impl Unconfirmed {
 
 /// Looks for a valid record at or after (`segments[0]`, `offset`) whose watermark shows that
 /// `seq` had been durable. Scans every 16-byte position: lengths after damage are untrustworthy.
+/// A journal's reader factory: cheap to clone, usable on any thread while the journal is
+/// owned by the engine thread.
+#[derive(Clone)]
+pub struct Readers<R: StorageReader> {
+    storage: R,
+    shared: Arc<Shared>,
+}
+
+impl<R: StorageReader> std::fmt::Debug for Readers<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers")
+            .field("first_seq", &self.shared.first_seq.load(Ordering::Relaxed))
+            .field(
+                "durable_seq",
+                &self.shared.durable_seq.load(Ordering::Relaxed),
+            )
+            .finish()
+    }
+}
+
+impl<R: StorageReader> Readers<R> {
+    /// A reader from `from_seq`, a durable record still in the journal (`Unavailable` if
+    /// retention removed it or it is not durable yet; `ReadersFull` at `READERS_MAX`).
+    pub fn reader(&self, from_seq: u64) -> Result<Reader<R>, JournalError> {
+        let first = self.shared.first_seq.load(Ordering::Acquire);
+        let durable = self.shared.durable_seq.load(Ordering::Acquire);
+        if from_seq < first || from_seq > durable {
+            return Err(JournalError::Unavailable {
+                seq: from_seq,
+                first,
+                next: durable + 1,
+            });
+        }
+        Reader::register(self.storage.clone(), Arc::clone(&self.shared), from_seq)
+    }
+
+    /// The durable record `seq`: its header and payload. Reads from the start of its segment
+    /// (records have no index), so this is for rare lookups, not for tailing.
+    pub fn record(&self, seq: u64) -> Result<(RecordHeader, Vec<u8>), JournalError> {
+        let mut reader = self.reader(seq)?;
+        match reader.next()? {
+            Some(record) if record.header.seq == seq => {
+                Ok((record.header, record.payload().to_vec()))
+            }
+            // `reader` checked that `seq` is durable and kept: it must read back.
+            found => Err(JournalError::Corrupt {
+                file: format!("the segment holding seq {seq}"),
+                offset: 0,
+                reason: format!(
+                    "record {seq} did not read back (found {:?})",
+                    found.map(|record| record.header.seq)
+                ),
+            }),
+        }
+    }
+}
+
 fn find_durable_evidence<R: StorageReader>(
     reader: &R,
     segments: &[u64],

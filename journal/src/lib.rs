@@ -24,7 +24,7 @@ pub use entry::{
 };
 pub use flush::FlushMode;
 pub use journal::{
-    Journal, JournalConfig, JournalError, READERS_MAX, Recovery, SEGMENT_BYTES_DEFAULT,
+    Journal, JournalConfig, JournalError, READERS_MAX, Readers, Recovery, SEGMENT_BYTES_DEFAULT,
     SEGMENT_BYTES_MIN,
 };
 pub use mmap::{FileReader, MmapStorage, PENDING_BYTES_MAX, WriteMode, segment_path};

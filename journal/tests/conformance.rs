@@ -153,6 +153,7 @@ contract_tests!(
     reader_starts_at_any_seq_in_a_middle_segment,
     reader_outside_the_journal_is_unavailable,
     readers_are_bounded_by_readers_max,
+    readers_read_any_durable_record_back_from_another_thread,
     retention_removes_only_whole_covered_segments,
     retention_keeps_what_a_live_reader_needs,
     reopen_after_retention_starts_at_the_first_kept_segment,
@@ -414,6 +415,62 @@ fn reader_outside_the_journal_is_unavailable<H: Harness>() {
         next - first,
         "the first kept seq reads"
     );
+}
+
+fn readers_read_any_durable_record_back_from_another_thread<H: Harness>() {
+    // Proves: `Readers::record` returns exactly the record asked for, from another thread,
+    // at segment starts, middles and ends; a seq not durable yet, or removed by retention, is
+    // `Unavailable`, never another record; and the lookup gives its reader slot back.
+    let harness = H::fresh(12);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    let mut rng = Rng::new(1212);
+    fill(&mut journal, &mut model, &mut rng, 250);
+    let readers = journal.readers();
+    let segments = segments(&journal);
+    assert!(segments.len() >= 5);
+    let last = model.next_seq() - 1;
+    let mut seqs = vec![1, 2, last];
+    for &s in &segments[1..] {
+        seqs.extend([s - 1, s, s + 1]);
+    }
+    let looked_up = thread::spawn({
+        let readers = readers.clone();
+        let seqs = seqs.clone();
+        move || {
+            seqs.iter()
+                .map(|&seq| readers.record(seq).expect("a durable record"))
+                .collect::<Vec<_>>()
+        }
+    })
+    .join()
+    .expect("lookup thread");
+    for (&seq, (header, payload)) in seqs.iter().zip(&looked_up) {
+        assert_eq!(header.seq, seq);
+        assert!(*payload == model.get(seq).payload, "record {seq}");
+    }
+    // Appended but not flushed: not durable, so not readable.
+    model.append(&mut journal, 10);
+    assert!(matches!(
+        readers.record(last + 1),
+        Err(JournalError::Unavailable { .. })
+    ));
+    journal.flush().expect("flush");
+    assert_eq!(
+        readers.record(last + 1).expect("durable now").0.seq,
+        last + 1
+    );
+    let covered = segments[2];
+    journal.remove_covered(covered).expect("retention");
+    assert!(matches!(
+        readers.record(1),
+        Err(JournalError::Unavailable { .. })
+    ));
+    // Every lookup released its slot: all READERS_MAX are free.
+    let held: Vec<_> = (0..READERS_MAX)
+        .map(|_| journal.reader(journal.first_seq()).expect("a free slot"))
+        .collect();
+    assert_eq!(held.len(), READERS_MAX);
 }
 
 fn readers_are_bounded_by_readers_max<H: Harness>() {
