@@ -17,9 +17,11 @@ use axum::{Router, extract::DefaultBodyLimit};
 use payu_engine::{
     AccountId, AccountKind, Amount, BATCH_TRANSFERS_MAX, BatchItem, Command, CommandBody,
     CommandResult, Currency, Deposit, HoldCommit, HoldExpiry, HoldId, HoldRelease, HoldReserve,
-    IdempotencyKey, NANOS_PER_SECOND, OpenAccount, OpenPocket, OutcomeSummary, OwnerId, Payment,
-    PocketDirection, PocketMove, Refund, Transfer, TxnId, UpdateAccount, Withdrawal,
+    IdempotencyKey, NANOS_PER_SECOND, OpenAccount, OpenPocket, Outcome, OutcomeSummary, OwnerId,
+    Payment, PocketDirection, PocketMove, Refund, Timestamp, Transfer, TxnId, UpdateAccount,
+    Withdrawal,
 };
+use payu_journal::{Entry, Readers, StorageReader, decode_entry};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -37,12 +39,29 @@ pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 /// How long a query waits for the read model to reach what was durable when it arrived.
 const READ_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Journal lookups for replayed batches running at once (each may read through most of a
+/// segment); further replays wait for a turn.
+const REPLAY_READS_MAX: usize = 2;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// What every handler shares.
+/// Reads a journaled command and its outcome back by seq: blocking file reads, for the rare
+/// idempotent replay whose original answer the read model does not hold (a batch's items).
+pub trait JournalLookup: Send + Sync {
+    fn entry(&self, seq: u64) -> Result<(Timestamp, Entry), String>;
+}
+
+impl<R: StorageReader> JournalLookup for Readers<R> {
+    fn entry(&self, seq: u64) -> Result<(Timestamp, Entry), String> {
+        let (header, payload) = self.record(seq).map_err(|error| error.to_string())?;
+        let entry = decode_entry(&payload)?;
+        Ok((Timestamp(header.timestamp), entry))
+    }
+}
+
 pub struct App {
     pub submitter: Submitter,
     pub pipeline: Arc<PipelineStatus>,
@@ -52,6 +71,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
     pub in_flight: Semaphore,
+    journal: Arc<dyn JournalLookup>,
+    replay_reads: Semaphore,
     /// Set on SIGTERM: /readyz fails so balancers stop sending, new writes get 503.
     pub draining: AtomicBool,
     pub started: Instant,
@@ -81,6 +102,7 @@ impl App {
         metrics: Arc<Metrics>,
         request_timeout: Duration,
         in_flight_max: usize,
+        journal: Arc<dyn JournalLookup>,
         info: NodeInfo,
     ) -> App {
         App {
@@ -92,6 +114,8 @@ impl App {
             metrics,
             request_timeout,
             in_flight: Semaphore::new(in_flight_max),
+            journal,
+            replay_reads: Semaphore::new(REPLAY_READS_MAX),
             draining: AtomicBool::new(false),
             started: Instant::now(),
             info,
@@ -622,7 +646,12 @@ impl App {
                 1,
             ));
         }
-        let mut answer = self.replayed(original_seq, original);
+        let mut answer = match original {
+            OutcomeSummary::Batch { posted, rejected } => {
+                self.replayed_batch(original_seq, posted, rejected).await
+            }
+            _ => self.replayed(original_seq, original),
+        };
         let response = match &mut answer {
             Ok(response) => response,
             Err(_) => {
@@ -662,11 +691,7 @@ impl App {
                 wire::pocket_view(&pocket, currency)
             }
             OutcomeSummary::Batch { posted, rejected } => {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    json!({"seq": seq, "posted": posted, "rejected": rejected, "results": Value::Null,
-                           "detail": "replayed batch: per-item results were returned with the original answer"}),
-                ));
+                return Ok(batch_counts_only(seq, posted, rejected));
             }
             OutcomeSummary::HoldReserved(hold) | OutcomeSummary::HoldReleased(hold) => {
                 wire::hold_view(&self.read.hold(hold).ok_or_else(gone)?)
@@ -684,6 +709,96 @@ impl App {
         };
         Ok(json_response(status, body))
     }
+
+    /// A replayed batch answers the original per-item results, read back from the journal
+    /// record `seq` (the read model keeps postings, not rejected items). Once retention has
+    /// removed that record, only the counts are left to answer.
+    async fn replayed_batch(&self, seq: u64, posted: u32, rejected: u32) -> Answer {
+        let read = match self.replay_reads.acquire().await {
+            Ok(_permit) => {
+                let journal = Arc::clone(&self.journal);
+                tokio::task::spawn_blocking(move || journal.entry(seq))
+                    .await
+                    .unwrap_or_else(|error| Err(format!("journal lookup stopped: {error}")))
+            }
+            Err(closed) => Err(closed.to_string()),
+        };
+        match read {
+            Ok((
+                timestamp,
+                Entry {
+                    command:
+                        Command {
+                            body: CommandBody::TransferBatch(transfers),
+                            ..
+                        },
+                    outcome:
+                        Outcome {
+                            result: CommandResult::Batch(items),
+                            ..
+                        },
+                },
+            )) => batch_answer(seq, timestamp, &items, transfers.iter().map(|t| t.currency)),
+            Ok((_, entry)) => {
+                tracing::error!(seq, command = ?entry.command.body, "a replayed batch's record holds another command");
+                Ok(batch_counts_only(seq, posted, rejected))
+            }
+            Err(reason) => {
+                tracing::info!(seq, %reason, "replayed batch: per-item results not readable");
+                Ok(batch_counts_only(seq, posted, rejected))
+            }
+        }
+    }
+}
+
+/// A replayed batch whose record is gone: the counts the engine's window keeps.
+fn batch_counts_only(seq: u64, posted: u32, rejected: u32) -> Response {
+    json_response(
+        StatusCode::OK,
+        json!({"seq": seq, "posted": posted, "rejected": rejected, "results": Value::Null,
+               "detail": "replayed batch: its journal record was retired, so only the counts remain"}),
+    )
+}
+
+/// The answer to a batch: one result per item, in order. The original answer and a replay
+/// (from the journaled outcome) are built here alike, so they are the same bytes.
+fn batch_answer(
+    seq: u64,
+    timestamp: Timestamp,
+    items: &[BatchItem],
+    currencies: impl Iterator<Item = Currency>,
+) -> Answer {
+    let created_at = wire::timestamp(timestamp);
+    let results: Vec<BatchResultOut> = items
+        .iter()
+        .zip(currencies)
+        .enumerate()
+        .map(|(index, (item, currency))| match item {
+            BatchItem::Posted(p) => BatchResultOut::Posted {
+                index,
+                status: "posted",
+                transaction: PostedOut::new(p, currency, "transfer", seq, &created_at),
+            },
+            BatchItem::Rejected(code) => BatchResultOut::Rejected {
+                index,
+                status: "rejected",
+                code: code.code(),
+            },
+        })
+        .collect();
+    let posted = items
+        .iter()
+        .filter(|item| matches!(item, BatchItem::Posted(_)))
+        .count();
+    Ok(wire::typed_response(
+        StatusCode::OK,
+        &BatchOut {
+            seq,
+            posted,
+            rejected: items.len() - posted,
+            results,
+        },
+    ))
 }
 
 // ---- accounts and pockets ------------------------------------------------------------------
@@ -1183,45 +1298,12 @@ async fn transfer_batch(State(app): State<Shared>, headers: HeaderMap, body: Byt
     };
     let reply = app.execute(command).await?;
     app.answer(reply, |reply| match &reply.outcome.result {
-        CommandResult::Batch(items) => {
-            let created_at = wire::timestamp(reply.timestamp);
-            let results: Vec<BatchResultOut> = items
-                .iter()
-                .zip(&currencies)
-                .enumerate()
-                .map(|(index, (item, currency))| match item {
-                    BatchItem::Posted(p) => BatchResultOut::Posted {
-                        index,
-                        status: "posted",
-                        transaction: PostedOut::new(
-                            p,
-                            *currency,
-                            "transfer",
-                            reply.seq,
-                            &created_at,
-                        ),
-                    },
-                    BatchItem::Rejected(code) => BatchResultOut::Rejected {
-                        index,
-                        status: "rejected",
-                        code: code.code(),
-                    },
-                })
-                .collect();
-            let posted = items
-                .iter()
-                .filter(|item| matches!(item, BatchItem::Posted(_)))
-                .count();
-            Ok(wire::typed_response(
-                StatusCode::OK,
-                &BatchOut {
-                    seq: reply.seq,
-                    posted,
-                    rejected: items.len() - posted,
-                    results,
-                },
-            ))
-        }
+        CommandResult::Batch(items) => batch_answer(
+            reply.seq,
+            reply.timestamp,
+            items,
+            currencies.iter().copied(),
+        ),
         other => non_posted(reply, other),
     })
     .await

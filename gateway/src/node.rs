@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use payu_journal::{Journal, JournalConfig, MmapStorage, SnapshotStore, restore_engine};
 
-use crate::api::{App, NodeInfo, router};
+use crate::api::{App, JournalLookup, NodeInfo, router};
 use crate::auth::{AuthConfig, Authenticator, load_or_create_dev_secret};
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
@@ -87,6 +87,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let pipeline_config = config.pipeline_config().map_err(anyhow::Error::msg)?;
     let epoch = pipeline_config.epoch;
+    let journal_lookup: Arc<dyn JournalLookup> = Arc::new(journal.readers());
     let pipeline = Pipeline::start(
         restored.engine,
         journal,
@@ -105,6 +106,7 @@ pub async fn run(
         metrics,
         config.http.request_timeout(),
         config.http.in_flight_max,
+        journal_lookup,
         NodeInfo {
             data_dir: config.data_dir.display().to_string(),
             flush_backend,

@@ -733,8 +733,11 @@ async fn money_moves_with_balanced_postings() {
         item(bob, alice, "500"),
         item(settlement, alice, "1"),
     ]});
-    let batch = node.moving("/v1/transfers/batch", ops, &body).await;
-    let batch = batch.ok(200);
+    let batch_key = node.key();
+    let batch = node
+        .post("/v1/transfers/batch", ops, Some(&batch_key), &body)
+        .await;
+    let batch = batch.ok(200).clone();
     assert_eq!(batch["posted"], 2, "{batch}");
     assert_eq!(batch["rejected"], 4, "{batch}");
     assert!(batch["seq"].as_u64().is_some(), "{batch}");
@@ -778,6 +781,19 @@ async fn money_moves_with_balanced_postings() {
         .get(&format!("/v1/transactions/{batch_txn}"), ops)
         .await;
     assert_eq!(fetched.ok(200), &results[4]["transaction"]);
+    // A retry with the batch's key answers the original per-item results, read back from the
+    // journal, and moves nothing again.
+    let balances = (node.balances(alice).await, node.balances(bob).await);
+    let again = node
+        .post("/v1/transfers/batch", ops, Some(&batch_key), &body)
+        .await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.ok(200), &batch, "the original answer, item by item");
+    assert_eq!(
+        (node.balances(alice).await, node.balances(bob).await),
+        balances,
+        "the replay moved nothing"
+    );
 
     // Concurrent transfers both ways, each applied exactly once.
     let both_ways = |n: u32| {
