@@ -67,12 +67,35 @@ impl std::fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
+/// The engine's state copied out for a snapshot. Copying is the only part that must stop the
+/// engine thread; `encode`, which costs several times more, runs on any thread meanwhile.
+pub struct SnapshotState(EngineSnapshot);
+
+impl SnapshotState {
+    /// The last seq the state includes.
+    pub fn seq(&self) -> u64 {
+        self.0.last_seq
+    }
+
+    /// The snapshot bytes. Equal states give equal bytes.
+    pub fn encode(self) -> Vec<u8> {
+        let bytes = rkyv::to_bytes::<rancor::Error>(&self.0);
+        // Serialising owned, in-memory data into a growable buffer cannot fail.
+        bytes.expect("snapshot serialisation").into_vec()
+    }
+}
+
 impl Engine {
     /// The whole state as bytes. Equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
+        self.snapshot_state().encode()
+    }
+
+    /// The whole state copied out, to be encoded elsewhere (`SnapshotState::encode`).
+    pub fn snapshot_state(&self) -> SnapshotState {
         let mut holds: Vec<Hold> = self.holds.values().cloned().collect();
         holds.sort_unstable_by_key(|hold| hold.id);
-        let snapshot = EngineSnapshot {
+        SnapshotState(EngineSnapshot {
             format_version: SNAPSHOT_FORMAT_VERSION,
             config: self.config.clone(),
             last_seq: self.last_seq,
@@ -88,10 +111,7 @@ impl Engine {
             payments_evicted_early: self.payments.evicted_early,
             idempotency: self.idempotency.items().cloned().collect(),
             idempotency_evicted_early: self.idempotency.evicted_early,
-        };
-        let bytes = rkyv::to_bytes::<rancor::Error>(&snapshot);
-        // Serialising owned, in-memory data into a growable buffer cannot fail.
-        bytes.expect("snapshot serialisation").into_vec()
+        })
     }
 
     /// Rebuilds an engine from `snapshot` bytes, validating both the encoding and every

@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use disruptor::{BusySpin, EventPoller, Polling, Producer, SingleConsumerBarrier};
-use payu_engine::{Command, CommandBody, Engine, Outcome, Timestamp};
+use payu_engine::{Command, CommandBody, Engine, Outcome, SnapshotState, Timestamp};
 use payu_journal::{Entry, EntryEncoder, Journal, SnapshotStore, Storage};
 use tokio::sync::oneshot;
 
@@ -622,15 +622,15 @@ impl<S: Storage> EngineWorker<S> {
             return Ok(());
         };
         if due && (shutdown || writer.is_idle()) {
+            // Only the copy stops the engine thread; the writer thread encodes and writes it.
             let started = Instant::now();
-            let bytes = self.engine.snapshot();
+            let state = self.engine.snapshot_state();
             tracing::info!(
                 seq,
-                bytes = bytes.len(),
-                serialise_ms = started.elapsed().as_millis() as u64,
+                copy_ms = started.elapsed().as_millis() as u64,
                 "snapshot taken"
             );
-            writer.save(seq, bytes);
+            writer.save(state);
             self.last_snapshot_seq = seq;
         }
         if self.config.retention
@@ -693,7 +693,7 @@ const SNAPSHOTS_FOR_RETENTION: usize = payu_journal::SNAPSHOTS_KEPT;
 /// Writes snapshots on a thread of its own, so the engine thread only pays for serialising.
 /// At most one snapshot waits to be written (the channel's bound).
 struct SnapshotWriter {
-    sender: Option<std::sync::mpsc::SyncSender<(u64, Vec<u8>)>>,
+    sender: Option<std::sync::mpsc::SyncSender<SnapshotState>>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<SnapshotShared>,
 }
@@ -708,17 +708,27 @@ struct SnapshotShared {
 
 impl SnapshotWriter {
     fn start(store: SnapshotStore) -> Result<SnapshotWriter, String> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(1);
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<SnapshotState>(1);
         let shared = Arc::new(SnapshotShared::default());
         let thread_shared = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name("payu-snapshot".into())
             .spawn(move || {
                 let mut saved = std::collections::VecDeque::new();
-                for (seq, bytes) in receiver {
+                for state in receiver {
+                    let seq = state.seq();
+                    let started = Instant::now();
+                    let bytes = state.encode();
+                    let encode_ms = started.elapsed().as_millis() as u64;
                     match store.save(seq, &bytes) {
                         Ok(path) => {
-                            tracing::info!(seq, path = %path.display(), "snapshot saved");
+                            tracing::info!(
+                                seq,
+                                bytes = bytes.len(),
+                                encode_ms,
+                                path = %path.display(),
+                                "snapshot saved"
+                            );
                             thread_shared.saved_seq.store(seq, Ordering::Release);
                             saved.push_back(seq);
                             if saved.len() > SNAPSHOTS_FOR_RETENTION {
@@ -746,10 +756,10 @@ impl SnapshotWriter {
         !self.shared.busy.load(Ordering::Acquire)
     }
 
-    fn save(&self, seq: u64, bytes: Vec<u8>) {
+    fn save(&self, state: SnapshotState) {
         self.shared.busy.store(true, Ordering::Release);
         if let Some(sender) = &self.sender
-            && sender.send((seq, bytes)).is_err()
+            && sender.send(state).is_err()
         {
             self.shared.busy.store(false, Ordering::Release);
         }
