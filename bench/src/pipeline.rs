@@ -424,6 +424,7 @@ fn run_scenario(
     engine
         .verify()
         .map_err(|reason| anyhow::anyhow!("ledger invariant broken: {reason}"))?;
+    let snapshot = SnapshotCost::measure(&engine);
     drop(engine);
     let flushed = FlushStats::from_metrics(&metrics.render())?;
     ensure!(
@@ -455,7 +456,37 @@ fn run_scenario(
         setup_records,
         batch_bytes,
         device_written,
+        snapshot,
     }))
+}
+
+/// What a snapshot of the final engine costs: the copy the engine thread waits for (into fresh
+/// memory, as the node's first snapshot; then into the same buffers, as every later one), and
+/// the encoding the node's writer thread does meanwhile.
+struct SnapshotCost {
+    copy_ms: f64,
+    copy_reused_ms: f64,
+    encode_ms: f64,
+    bytes: usize,
+}
+
+impl SnapshotCost {
+    fn measure(engine: &Engine) -> SnapshotCost {
+        let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
+        let started = Instant::now();
+        let mut state = engine.snapshot_state();
+        let copied = Instant::now();
+        let bytes = state.encode().len();
+        let encoded = Instant::now();
+        engine.snapshot_into(&mut state);
+        let copied_again = Instant::now();
+        SnapshotCost {
+            copy_ms: ms(started, copied),
+            copy_reused_ms: ms(encoded, copied_again),
+            encode_ms: ms(copied, encoded),
+            bytes,
+        }
+    }
 }
 
 /// A fresh engine and journal holding the funded ledger.
@@ -938,6 +969,7 @@ struct ScenarioMeasured<'a> {
     setup_records: u64,
     batch_bytes: u64,
     device_written: Option<u64>,
+    snapshot: SnapshotCost,
 }
 
 fn scenario_report(m: ScenarioMeasured<'_>) -> Value {
@@ -1008,7 +1040,21 @@ fn scenario_report(m: ScenarioMeasured<'_>) -> Value {
             commit from the same metrics; fdatasync_*: pwrite of mean_batch_bytes then fdatasync \
             of a preallocated file in the same directory, fdatasync alone timed",
     });
-    report::merge(fields, driven.commit_latency.summary())
+    let snapshot = json!({
+        "snapshot_copy_ms": m.snapshot.copy_ms,
+        "snapshot_copy_reused_ms": m.snapshot.copy_reused_ms,
+        "snapshot_encode_ms": m.snapshot.encode_ms,
+        "snapshot_bytes": m.snapshot.bytes,
+        "snapshot_basis": "the final engine (setup accounts, every command's idempotency entry): \
+            Engine::snapshot_state, the copy that stops the node's engine thread (copy: into fresh \
+            memory, as a node's first snapshot; copy_reused: Engine::snapshot_into the same \
+            buffers, as every later one), and SnapshotState::encode, done on the node's \
+            snapshot writer thread",
+    });
+    report::merge(
+        report::merge(fields, snapshot),
+        driven.commit_latency.summary(),
+    )
 }
 
 #[cfg(test)]
@@ -1070,9 +1116,18 @@ mod tests {
                 "mean_batch",
                 "fdatasync_p99_us",
                 "p99_ratio",
+                "snapshot_copy_ms",
+                "snapshot_copy_reused_ms",
+                "snapshot_encode_ms",
             ] {
                 assert!(line[field].is_number(), "{field} missing in {line}");
             }
+            // The snapshot of 129 accounts and 3,129 idempotency entries is bytes, not empty.
+            assert!(
+                line["snapshot_bytes"]
+                    .as_u64()
+                    .is_some_and(|b| b > 3129 * 16)
+            );
             assert_eq!(line["transfers"], 3000);
             assert_eq!(line["latency_samples"], 3000);
             assert_eq!(
