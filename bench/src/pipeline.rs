@@ -467,6 +467,7 @@ struct SnapshotCost {
     copy_ms: f64,
     copy_reused_ms: f64,
     encode_ms: f64,
+    encode_sized_ms: f64,
     bytes: usize,
 }
 
@@ -480,10 +481,14 @@ impl SnapshotCost {
         let encoded = Instant::now();
         engine.snapshot_into(&mut state);
         let copied_again = Instant::now();
+        let sized = state.encode_sized(bytes + bytes / 8).len();
+        let encoded_again = Instant::now();
+        assert_eq!(sized, bytes, "the same state encodes to the same length");
         SnapshotCost {
             copy_ms: ms(started, copied),
             copy_reused_ms: ms(encoded, copied_again),
             encode_ms: ms(copied, encoded),
+            encode_sized_ms: ms(copied_again, encoded_again),
             bytes,
         }
     }
@@ -1043,13 +1048,15 @@ fn scenario_report(m: ScenarioMeasured<'_>) -> Value {
     let snapshot = json!({
         "snapshot_copy_ms": m.snapshot.copy_ms,
         "snapshot_copy_reused_ms": m.snapshot.copy_reused_ms,
+        "snapshot_encode_sized_ms": m.snapshot.encode_sized_ms,
         "snapshot_encode_ms": m.snapshot.encode_ms,
         "snapshot_bytes": m.snapshot.bytes,
         "snapshot_basis": "the final engine (setup accounts, every command's idempotency entry): \
             Engine::snapshot_state, the copy that stops the node's engine thread (copy: into fresh \
             memory, as a node's first snapshot; copy_reused: Engine::snapshot_into the same \
             buffers, as every later one), and SnapshotState::encode, done on the node's \
-            snapshot writer thread",
+            snapshot writer thread (encode: into a growing buffer, as a node's first snapshot; \
+            encode_sized: into one sized from the last snapshot, as every later one)",
     });
     report::merge(
         report::merge(fields, snapshot),
@@ -1119,6 +1126,7 @@ mod tests {
                 "snapshot_copy_ms",
                 "snapshot_copy_reused_ms",
                 "snapshot_encode_ms",
+                "snapshot_encode_sized_ms",
             ] {
                 assert!(line[field].is_number(), "{field} missing in {line}");
             }

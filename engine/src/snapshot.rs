@@ -79,7 +79,14 @@ impl SnapshotState {
 
     /// The snapshot bytes. Equal states give equal bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let bytes = rkyv::to_bytes::<rancor::Error>(&self.0);
+        self.encode_sized(0)
+    }
+
+    /// `encode` into a buffer allocated for `bytes_hint` bytes up front (the size of the last
+    /// snapshot, say), instead of one that doubles its way there, copying as it grows.
+    pub fn encode_sized(&self, bytes_hint: usize) -> Vec<u8> {
+        let buffer = AlignedVec::<16>::with_capacity(bytes_hint);
+        let bytes = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&self.0, buffer);
         // Serialising owned, in-memory data into a growable buffer cannot fail.
         bytes.expect("snapshot serialisation").into_vec()
     }

@@ -1415,7 +1415,8 @@ proptest! {
             engine.apply(p.seq, p.at, &p.command);
             let bytes = engine.snapshot();
             engine.snapshot_into(&mut reused);
-            prop_assert_eq!(reused.encode(), bytes.clone(), "a reused snapshot state at seq {}", p.seq);
+            // Encoded into a buffer sized too small, as after a snapshot that grew: the same bytes.
+            prop_assert_eq!(reused.encode_sized(bytes.len() / 2), bytes.clone(), "a reused snapshot state at seq {}", p.seq);
             let restored = Engine::restore(&bytes);
             prop_assert!(restored.is_ok(), "restore failed: {:?}", restored.as_ref().err());
             let restored = restored.expect("checked");

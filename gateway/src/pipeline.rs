@@ -726,10 +726,13 @@ impl SnapshotWriter {
             .name("payu-snapshot".into())
             .spawn(move || {
                 let mut saved = std::collections::VecDeque::new();
+                // The buffer of the next encoding: the last snapshot's size and an eighth.
+                let mut bytes_hint = 0;
                 for state in receiver {
                     let seq = state.seq();
                     let started = Instant::now();
-                    let bytes = state.encode();
+                    let bytes = state.encode_sized(bytes_hint);
+                    bytes_hint = bytes.len() + bytes.len() / 8;
                     let encode_ms = started.elapsed().as_millis() as u64;
                     match store.save(seq, &bytes) {
                         Ok(path) => {
