@@ -812,7 +812,7 @@ mod tests {
         AccountKind, Amount, CommandResult, Currency, Deposit, EngineConfig, IdempotencyKey,
         OpenAccount, OwnerId, Transfer,
     };
-    use payu_journal::{JournalConfig, SimStorage, restore_engine};
+    use payu_journal::{JournalConfig, SNAPSHOTS_KEPT, SimStorage, restore_engine};
 
     use super::*;
 
@@ -1031,9 +1031,11 @@ mod tests {
 
     #[test]
     fn periodic_snapshots_each_hold_exactly_the_state_at_their_seq() {
-        // Snapshots every 20 records, commands one at a time (the engine idles between them,
-        // where snapshots are taken): several snapshots, the later ones copied into the buffers
-        // the writer handed back. The newest must be the state the journal rebuilds at its seq.
+        // Snapshots every 20 records, taken when the engine idles (here, between commands
+        // sent one at a time) and the writer is free. Commands go on until four snapshots were
+        // saved, the later ones copied into the buffers the writer handed back. The newest
+        // must be the state the journal rebuilds at its seq.
+        const COMMANDS_MAX: u128 = 20_000;
         let sim = SimStorage::new(12);
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SnapshotStore::open(dir.path()).expect("snapshot store");
@@ -1052,23 +1054,43 @@ mod tests {
         )
         .expect("pipeline starts");
         setup(&pipeline.submitter);
-        for n in 0..200u128 {
+        let status = Arc::clone(&pipeline.status);
+        let mut saved = vec![];
+        for n in 0..COMMANDS_MAX {
             let reply = submit(&pipeline.submitter, transfer(1_000 + n, 1 + n as u64 % 7))
                 .blocking_recv()
                 .expect("answered")
                 .expect("durable");
             assert!(matches!(reply.outcome.result, CommandResult::Posted(_)));
+            let seq = status.snapshot_seq.load(Ordering::Acquire);
+            if seq > 0 && saved.last() != Some(&seq) {
+                saved.push(seq);
+                if saved.len() == 4 {
+                    break;
+                }
+            }
         }
+        assert_eq!(
+            saved.len(),
+            4,
+            "snapshots saved within {COMMANDS_MAX} commands: {saved:?}"
+        );
         pipeline.shutdown().expect("clean stop");
         let files = std::fs::read_dir(dir.path()).expect("list").count();
-        assert!(files >= 2, "only {files} snapshot(s) were written");
+        assert_eq!(
+            files, SNAPSHOTS_KEPT,
+            "four or more snapshots, the oldest pruned"
+        );
         let store = SnapshotStore::open(dir.path()).expect("snapshot store");
         let newest = store
             .load_newest()
             .expect("load")
             .0
             .expect("a valid snapshot");
-        assert!(newest.seq > 20, "the newest snapshot is a later one");
+        assert!(
+            newest.seq >= saved[3],
+            "the newest snapshot is the last one saved"
+        );
         // Rebuild the state at that seq from the journal alone.
         let journal = open_journal(&sim);
         let mut reader = journal.reader(1).expect("reader");
