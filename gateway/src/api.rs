@@ -47,7 +47,6 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// What every handler shares.
 /// Reads a journaled command and its outcome back by seq: blocking file reads, for the rare
 /// idempotent replay whose original answer the read model does not hold (a batch's items).
 pub trait JournalLookup: Send + Sync {
@@ -62,6 +61,7 @@ impl<R: StorageReader> JournalLookup for Readers<R> {
     }
 }
 
+/// What every handler shares.
 pub struct App {
     pub submitter: Submitter,
     pub pipeline: Arc<PipelineStatus>,
@@ -744,19 +744,20 @@ impl App {
                 Ok(batch_counts_only(seq, posted, rejected))
             }
             Err(reason) => {
-                tracing::info!(seq, %reason, "replayed batch: per-item results not readable");
+                tracing::warn!(seq, %reason, "replayed batch: per-item results not readable");
                 Ok(batch_counts_only(seq, posted, rejected))
             }
         }
     }
 }
 
-/// A replayed batch whose record is gone: the counts the engine's window keeps.
+/// A replayed batch whose record could not be read back (retention retired it, or the read
+/// failed): the counts the engine's window keeps.
 fn batch_counts_only(seq: u64, posted: u32, rejected: u32) -> Response {
     json_response(
         StatusCode::OK,
         json!({"seq": seq, "posted": posted, "rejected": rejected, "results": Value::Null,
-               "detail": "replayed batch: its journal record was retired, so only the counts remain"}),
+               "detail": "replayed batch: the original per-item results are no longer readable from the journal, so only the counts are answered"}),
     )
 }
 

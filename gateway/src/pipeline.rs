@@ -696,7 +696,7 @@ pub fn wall_clock_nanos() -> u64 {
 /// Snapshots kept whose journal segments retention keeps (mirrors SnapshotStore's count).
 const SNAPSHOTS_FOR_RETENTION: usize = payu_journal::SNAPSHOTS_KEPT;
 
-/// Writes snapshots on a thread of its own, so the engine thread only pays for serialising.
+/// Encodes and writes snapshots on a thread of its own, so the engine thread only pays for copying.
 /// At most one snapshot waits to be written (the channel's bound). The writer hands the state
 /// back after writing it, and the next snapshot copies into its buffers: copying into memory
 /// already faulted in is what keeps the engine thread's stop short (docs/PERFORMANCE.md). The
@@ -1030,7 +1030,7 @@ mod tests {
     }
 
     #[test]
-    fn periodic_snapshots_each_hold_exactly_the_state_at_their_seq() {
+    fn the_newest_periodic_snapshot_is_the_journals_state_at_its_seq() {
         // Snapshots every 20 records, taken when the engine idles (here, between commands
         // sent one at a time) and the writer is free. Commands go on until four snapshots were
         // saved, the later ones copied into the buffers the writer handed back. The newest
