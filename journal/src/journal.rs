@@ -678,6 +678,29 @@ impl<S: Storage> Journal<S> {
         Ok(target)
     }
 
+    /// A whole group commit on the caller's thread (`Storage::flush`: for files, the
+    /// fdatasync syscall without io_uring), for when nothing could run while it does: the
+    /// pipeline's engine thread when the ring is empty. Returns the durable seq.
+    pub fn flush_now(&mut self) -> Result<u64, JournalError> {
+        if self.flushing.is_some() {
+            self.flush_wait()?;
+        }
+        self.check_writable()?;
+        for &segment in &self.dirty {
+            if let Err(source) = self.storage.flush(segment) {
+                self.poisoned = true;
+                return Err(JournalError::Io {
+                    context: format!("flushing segment {segment}"),
+                    source,
+                });
+            }
+        }
+        self.dirty.clear();
+        self.durable_seq = self.next_seq - 1;
+        self.shared.publish(self.durable_seq);
+        Ok(self.durable_seq)
+    }
+
     /// Finishes the group commit in flight and returns the durable seq.
     pub fn flush_wait(&mut self) -> Result<u64, JournalError> {
         self.check_writable()?;

@@ -281,8 +281,13 @@ impl Storage for MmapStorage {
         Ok(())
     }
 
+    /// The fdatasync syscall on the caller's thread, whatever the flush backend: with nothing
+    /// to overlap it with, io_uring would only add its worker thread's wake-ups (measured in
+    /// docs/PERFORMANCE.md). A flush started before is waited for too.
     fn flush(&mut self, segment: u64) -> io::Result<()> {
-        self.flush_start(segment)?;
+        self.write_pending()?;
+        self.mapped(segment)?;
+        self.mapped[&segment].file.sync_data()?;
         self.flush_wait()
     }
 

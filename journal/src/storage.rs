@@ -38,7 +38,7 @@ pub trait Storage: Send + 'static {
     /// Copies `bytes` into `segment` at `offset`. Not durable until `flush`.
     fn write(&mut self, segment: u64, offset: u64, bytes: &[u8]) -> io::Result<()>;
 
-    /// Makes every earlier write to `segment` durable.
+    /// Makes every earlier write to `segment` durable, blocking on the caller's thread.
     fn flush(&mut self, segment: u64) -> io::Result<()>;
 
     /// Starts making every earlier write to `segment` durable; `flush_wait` finishes. Writes
