@@ -659,20 +659,7 @@ impl<S: Storage> Journal<S> {
     /// make durable. Appends may go on while it runs (with io_uring the fdatasync runs in the
     /// kernel); `flush_wait` finishes it. A group commit already in flight is finished first.
     pub fn flush_start(&mut self) -> Result<u64, JournalError> {
-        if self.flushing.is_some() {
-            self.flush_wait()?;
-        }
-        self.check_writable()?;
-        for &segment in &self.dirty {
-            if let Err(source) = self.storage.flush_start(segment) {
-                self.poisoned = true;
-                return Err(JournalError::Io {
-                    context: format!("flushing segment {segment}"),
-                    source,
-                });
-            }
-        }
-        self.dirty.clear();
+        self.flush_dirty(S::flush_start)?;
         let target = self.next_seq - 1;
         self.flushing = Some(target);
         Ok(target)
@@ -682,12 +669,24 @@ impl<S: Storage> Journal<S> {
     /// fdatasync syscall without io_uring), for when nothing could run while it does: the
     /// pipeline's engine thread when the ring is empty. Returns the durable seq.
     pub fn flush_now(&mut self) -> Result<u64, JournalError> {
+        self.flush_dirty(S::flush)?;
+        self.durable_seq = self.next_seq - 1;
+        self.shared.publish(self.durable_seq);
+        Ok(self.durable_seq)
+    }
+
+    /// Finishes a group commit in flight, then applies `flush` to every segment written since
+    /// the last one. A failure poisons the journal.
+    fn flush_dirty(
+        &mut self,
+        flush: impl Fn(&mut S, u64) -> io::Result<()>,
+    ) -> Result<(), JournalError> {
         if self.flushing.is_some() {
             self.flush_wait()?;
         }
         self.check_writable()?;
         for &segment in &self.dirty {
-            if let Err(source) = self.storage.flush(segment) {
+            if let Err(source) = flush(&mut self.storage, segment) {
                 self.poisoned = true;
                 return Err(JournalError::Io {
                     context: format!("flushing segment {segment}"),
@@ -696,9 +695,7 @@ impl<S: Storage> Journal<S> {
             }
         }
         self.dirty.clear();
-        self.durable_seq = self.next_seq - 1;
-        self.shared.publish(self.durable_seq);
-        Ok(self.durable_seq)
+        Ok(())
     }
 
     /// Finishes the group commit in flight and returns the durable seq.

@@ -148,7 +148,6 @@ contract_tests!(
     records_survive_reopen_in_order_across_segment_rolls,
     flush_reports_the_highest_durable_seq,
     crash_keeps_every_flushed_record_and_nothing_garbage,
-    flush_now_is_durable_with_or_without_a_flush_in_flight,
     reader_sees_only_durable_records_and_tails_new_ones,
     reader_wait_wakes_on_a_flush_from_another_thread,
     reader_starts_at_any_seq_in_a_middle_segment,
@@ -258,7 +257,7 @@ fn pipelined_flush_covers_exactly_what_was_appended_before_it_started<H: Harness
 }
 
 fn crash_keeps_every_flushed_record_and_nothing_garbage<H: Harness>() {
-    // Proves: after any crash every record up to the last flush is intact, and whatever else survives is valid and continues the chain.
+    // Proves: after any crash every record up to the last flush is intact, and whatever else survives is valid and continues the chain. Flushes are `flush`, `flush_now`, or `flush_now` right after a `flush_start` still in flight; readers see a flushed record at once.
     let mut harness = H::fresh(3);
     let mut rng = Rng::new(33);
     let mut model = Model::default();
@@ -278,43 +277,16 @@ fn crash_keeps_every_flushed_record_and_nothing_garbage<H: Harness>() {
         for _ in 0..rng.below(120) {
             model.append(&mut journal, varied_len(&mut rng));
             if rng.chance(1, 8) {
-                durable = journal.flush().expect("flush");
+                durable = match rng.below(3) {
+                    0 => journal.flush().expect("flush"),
+                    1 => journal.flush_now().expect("flush now"),
+                    _ => {
+                        journal.flush_start().expect("flush start");
+                        model.append(&mut journal, varied_len(&mut rng));
+                        journal.flush_now().expect("flush now, one in flight")
+                    }
+                };
                 assert_eq!(durable, model.next_seq() - 1);
-            }
-        }
-        drop(journal);
-        harness.crash();
-    }
-}
-
-fn flush_now_is_durable_with_or_without_a_flush_in_flight<H: Harness>() {
-    // Proves: `flush_now` (the group commit on the caller's thread) makes every record appended
-    // so far durable, also right after a `flush_start` whose flush is still in flight, and the
-    // durable seq it returns survives any crash; readers see it at once.
-    let mut harness = H::fresh(13);
-    let mut rng = Rng::new(1313);
-    let mut model = Model::default();
-    let mut durable = 0;
-    for round in 0..16 {
-        let (mut journal, recovery) = open(&harness);
-        assert!(
-            recovery.last_seq >= durable,
-            "round {round}: recovered {} < durable {durable}",
-            recovery.last_seq
-        );
-        check_journal(&journal, &model, 1);
-        model.truncate(recovery.last_seq);
-        durable = recovery.last_seq;
-        for _ in 0..rng.below(120) {
-            model.append(&mut journal, varied_len(&mut rng));
-            if rng.chance(1, 6) {
-                if rng.chance(1, 2) {
-                    journal.flush_start().expect("flush start");
-                    model.append(&mut journal, varied_len(&mut rng));
-                }
-                durable = journal.flush_now().expect("flush now");
-                assert_eq!(durable, model.next_seq() - 1);
-                assert_eq!(journal.durable_seq(), durable);
                 let mut reader = journal.reader(durable).expect("reader");
                 let last = reader.next().expect("read").expect("the durable record");
                 assert_eq!(last.header.seq, durable, "readers see it at once");
