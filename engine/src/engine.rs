@@ -142,9 +142,6 @@ impl Engine {
         }
     }
 
-    /// Applies one command. `seq` must be the last seq plus one and `timestamp` must not be
-    /// earlier than the last one: the pipeline guarantees both, so a violation is a bug and
-    /// panics.
     /// Loads what applying `commands` will read first: each one's idempotency index slot and,
     /// for a transfer, both accounts. A caller holding several commands (the pipeline's ring
     /// batch) calls this for the next few before applying them, so their cache misses overlap
@@ -159,6 +156,9 @@ impl Engine {
         }
     }
 
+    /// Applies one command. `seq` must be the last seq plus one and `timestamp` must not be
+    /// earlier than the last one: the pipeline guarantees both, so a violation is a bug and
+    /// panics.
     pub fn apply(&mut self, seq: u64, timestamp: Timestamp, command: &Command) -> Outcome {
         assert_eq!(
             seq,

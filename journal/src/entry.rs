@@ -24,7 +24,7 @@ pub fn encode_entry(entry: &Entry) -> AlignedVec {
 
 /// Encodes entries into one reused buffer: the engine thread encodes every command it
 /// applies, and a fresh buffer per record had to grow from empty each time. The buffer keeps
-/// the capacity of the largest entry encoded, at most a record's `PAYLOAD_BYTES_MAX`.
+/// the capacity of the largest entry encoded: a full transfer batch, about 1 MB.
 #[derive(Debug, Default)]
 pub struct EntryEncoder {
     buffer: AlignedVec,
