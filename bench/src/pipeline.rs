@@ -247,6 +247,7 @@ impl Settings {
             wait,
             epoch: EPOCH,
             snapshot_every_records: 0,
+            snapshot_every_bytes: 0,
             snapshot_on_shutdown: false,
             retention: false,
         }

@@ -92,6 +92,8 @@ pub struct PipelineSection {
     /// park (default), yield, spin, or sleep:<micros>.
     pub wait_strategy: String,
     pub snapshot_every_records: u64,
+    /// Also snapshot after this many journal bytes (0: no byte bound).
+    pub snapshot_every_bytes: u64,
     /// Delete journal segments that the oldest kept snapshot covers.
     pub retention: bool,
 }
@@ -103,6 +105,7 @@ impl Default for PipelineSection {
             ring_size: RING_SIZE_DEFAULT,
             wait_strategy: "park".into(),
             snapshot_every_records: defaults.snapshot_every_records,
+            snapshot_every_bytes: defaults.snapshot_every_bytes,
             retention: defaults.retention,
         }
     }
@@ -240,6 +243,7 @@ impl NodeConfig {
             ring_size: self.pipeline.ring_size,
             wait: self.wait_strategy()?,
             snapshot_every_records: self.pipeline.snapshot_every_records,
+            snapshot_every_bytes: self.pipeline.snapshot_every_bytes,
             retention: self.pipeline.retention,
             ..PipelineConfig::default()
         })

@@ -60,9 +60,13 @@ struct ServeArgs {
     /// Journal flush backend: auto, io_uring or syscall.
     #[arg(long, env = "PAYU_FLUSH")]
     flush: Option<String>,
-    /// Take a snapshot every this many records (0: only at shutdown).
+    /// Take a snapshot every this many records (0: no record bound).
     #[arg(long, env = "PAYU_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
+    /// Also take a snapshot every this many journal bytes (0: no byte bound; with both 0,
+    /// only at shutdown).
+    #[arg(long, env = "PAYU_SNAPSHOT_EVERY_BYTES")]
+    snapshot_every_bytes: Option<u64>,
     /// Genesis bound on accounts (applies only to a new ledger).
     #[arg(long, env = "PAYU_ACCOUNTS_MAX")]
     accounts_max: Option<u64>,
@@ -163,6 +167,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(value) = args.snapshot_every {
         config.pipeline.snapshot_every_records = value;
+    }
+    if let Some(value) = args.snapshot_every_bytes {
+        config.pipeline.snapshot_every_bytes = value;
     }
     if let Some(value) = args.accounts_max {
         config.engine.accounts_max = value;

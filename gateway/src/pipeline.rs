@@ -30,6 +30,9 @@ pub const BATCH_COMMANDS_MAX: usize = 4096;
 /// Commands of a batch whose first cache lines (idempotency slot, accounts) are loaded together
 /// before they are applied (`Engine::touch`), so their misses overlap.
 const COMMANDS_TOUCH_AHEAD: usize = 16;
+/// Journal bytes between snapshots by default (`PipelineConfig::snapshot_every_bytes`): at
+/// the replay rate of batch records (about 2 GB/s) a restart replays at most a few seconds.
+pub const SNAPSHOT_EVERY_BYTES_DEFAULT: u64 = 4 << 30;
 /// The ring's default capacity in commands (a power of two).
 pub const RING_SIZE_DEFAULT: usize = 1 << 16;
 /// The smallest ring the disruptor's multi-producer barrier supports.
@@ -84,6 +87,10 @@ pub struct PipelineConfig {
     pub epoch: u64,
     /// Take a snapshot after this many records since the last one (0 = never, but at shutdown).
     pub snapshot_every_records: u64,
+    /// Or after this many journal bytes since the last one (0 = no byte bound): batch
+    /// records are large, and without it a batch-heavy node would journal terabytes between
+    /// snapshots, so retention would free nothing and a restart would replay them all.
+    pub snapshot_every_bytes: u64,
     /// On shutdown, take a snapshot if anything was applied since the last one.
     pub snapshot_on_shutdown: bool,
     /// Delete journal segments covered by the oldest kept snapshot.
@@ -97,6 +104,7 @@ impl Default for PipelineConfig {
             wait: WaitStrategy::Park,
             epoch: 1,
             snapshot_every_records: 5_000_000,
+            snapshot_every_bytes: SNAPSHOT_EVERY_BYTES_DEFAULT,
             snapshot_on_shutdown: true,
             retention: true,
         }
@@ -315,6 +323,7 @@ impl Pipeline {
             flush_started: Instant::now(),
             last_timestamp: 0,
             last_snapshot_seq: 0,
+            bytes_since_snapshot: 0,
             snapshot_writer: None,
         };
         let engine_thread = thread::Builder::new()
@@ -409,6 +418,8 @@ struct EngineWorker<S: Storage> {
     flush_started: Instant,
     last_timestamp: u64,
     last_snapshot_seq: u64,
+    /// Journal bytes (whole records) appended since the last snapshot.
+    bytes_since_snapshot: u64,
     snapshot_writer: Option<SnapshotWriter>,
 }
 
@@ -531,6 +542,7 @@ impl<S: Storage> EngineWorker<S> {
             outcome,
         };
         let payload = self.encoder.encode(&entry);
+        self.bytes_since_snapshot += payu_journal::record_len(payload.len()) as u64;
         if let Err(error) = self.journal.append(self.config.epoch, timestamp, payload) {
             return Err((
                 request.reply,
@@ -623,8 +635,12 @@ impl<S: Storage> EngineWorker<S> {
         let due = match shutdown {
             true => self.config.snapshot_on_shutdown && since > 0,
             false => {
-                self.config.snapshot_every_records > 0
-                    && since >= self.config.snapshot_every_records
+                let every = (
+                    self.config.snapshot_every_records,
+                    self.config.snapshot_every_bytes,
+                );
+                (every.0 > 0 && since >= every.0)
+                    || (every.1 > 0 && since > 0 && self.bytes_since_snapshot >= every.1)
             }
         };
         let Some(writer) = &self.snapshot_writer else {
@@ -647,6 +663,7 @@ impl<S: Storage> EngineWorker<S> {
             );
             writer.save(state);
             self.last_snapshot_seq = seq;
+            self.bytes_since_snapshot = 0;
         }
         if self.config.retention
             && let Some(covered) = writer.covered_seq()
@@ -1040,17 +1057,29 @@ mod tests {
 
     #[test]
     fn the_newest_periodic_snapshot_is_the_journals_state_at_its_seq() {
-        // Snapshots every 20 records, taken when the engine idles (here, between commands
-        // sent one at a time) and the writer is free. Commands go on until four snapshots were
-        // saved, the later ones copied into the buffers the writer handed back. The newest
-        // must be the state the journal rebuilds at its seq.
+        // Every 20 records (no byte bound reached).
+        assert_periodic_snapshots(20, SNAPSHOT_EVERY_BYTES_DEFAULT);
+    }
+
+    #[test]
+    fn snapshots_also_come_every_so_many_journal_bytes() {
+        // No record bound: 16 KiB of journal (about 50 transfer records) is what triggers.
+        assert_periodic_snapshots(0, 16 << 10);
+    }
+
+    /// Snapshots are taken when the engine idles (here, between commands sent one at a time)
+    /// and the writer is free. Commands go on until four snapshots were saved, the later ones
+    /// copied into the buffers the writer handed back. The newest must be the state the
+    /// journal rebuilds at its seq.
+    fn assert_periodic_snapshots(every_records: u64, every_bytes: u64) {
         const COMMANDS_MAX: u128 = 20_000;
         let sim = SimStorage::new(12);
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SnapshotStore::open(dir.path()).expect("snapshot store");
         let config = PipelineConfig {
             ring_size: 64,
-            snapshot_every_records: 20,
+            snapshot_every_records: every_records,
+            snapshot_every_bytes: every_bytes,
             snapshot_on_shutdown: false,
             ..PipelineConfig::default()
         };
