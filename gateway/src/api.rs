@@ -646,12 +646,7 @@ impl App {
                 1,
             ));
         }
-        let mut answer = match original {
-            OutcomeSummary::Batch { posted, rejected } => {
-                self.replayed_batch(original_seq, posted, rejected).await
-            }
-            _ => self.replayed(original_seq, original),
-        };
+        let mut answer = self.replayed(original_seq, original).await;
         let response = match &mut answer {
             Ok(response) => response,
             Err(_) => {
@@ -665,7 +660,7 @@ impl App {
         answer
     }
 
-    fn replayed(&self, seq: u64, original: OutcomeSummary) -> Answer {
+    async fn replayed(&self, seq: u64, original: OutcomeSummary) -> Answer {
         let gone = || {
             Problem::new(
                 StatusCode::CONFLICT,
@@ -691,7 +686,7 @@ impl App {
                 wire::pocket_view(&pocket, currency)
             }
             OutcomeSummary::Batch { posted, rejected } => {
-                return Ok(batch_counts_only(seq, posted, rejected));
+                return self.replayed_batch(seq, posted, rejected).await;
             }
             OutcomeSummary::HoldReserved(hold) | OutcomeSummary::HoldReleased(hold) => {
                 wire::hold_view(&self.read.hold(hold).ok_or_else(gone)?)
