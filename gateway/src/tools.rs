@@ -13,7 +13,9 @@
 //! the damage is corruption (`VerifyError::Corrupt`, which recovery refuses). Otherwise it is a
 //! torn tail (`VerifyReport::torn_tail`, which recovery truncates). An all-zero record header is
 //! the end of the log, unless non-zero bytes follow it in the last segment (which recovery
-//! also treats as damage) or a later segment does not continue from it.
+//! also treats as damage) or a later segment does not continue from it. A recycled segment
+//! (its header's flag) holds stale records of a retired segment after its data: there, as in
+//! recovery, only a record vouching for a lost durable one after the end is damage.
 //!
 //! Run them on a stopped node, or on a copy: on a live journal, records being appended after
 //! the last flush can look like a torn tail.
@@ -418,6 +420,8 @@ struct Walk {
     start: usize,
     index: usize,
     current: Option<SegmentFile>,
+    /// The current segment is recycled: stale bytes may follow its data.
+    recycled: bool,
     offset: u64,
     next_seq: u64,
     last_hash: u128,
@@ -434,6 +438,7 @@ impl Walk {
             index: start.min(segments.len()),
             segments,
             current: None,
+            recycled: false,
             offset: SEGMENT_HEADER_LEN,
             next_seq,
             last_hash: 0,
@@ -530,6 +535,7 @@ impl Walk {
                     Some("segment header breaks the hash chain".to_string())
                 } else {
                     self.last_hash = h.prev_hash;
+                    self.recycled = h.recycled;
                     None
                 }
             }
@@ -563,6 +569,14 @@ impl Walk {
     /// only zeros follow; otherwise the next segment must continue right here.
     fn segment_end(&mut self) -> Result<Option<Damage>, VerifyError> {
         match self.segments.get(self.index + 1) {
+            None if self.recycled => {
+                // Stale records follow; `classify` errs only on one that vouches for a lost
+                // durable record (the torn-tail answer it gives otherwise does not apply).
+                let end = self.damage("the data of a recycled segment ends".to_string());
+                self.classify(end)?;
+                self.advance();
+                Ok(None)
+            }
             None => {
                 let file = self.current.as_mut().expect("the walk is in a segment");
                 if file.any_nonzero_from(self.offset)? {
@@ -1021,6 +1035,12 @@ mod tests {
     /// Runs `COMMANDS` commands through a real engine and journals each (command, outcome),
     /// flushing after each, in small segments under `data_dir/journal`, as the node does.
     fn build(data_dir: &Path) -> Built {
+        build_with(data_dir, COMMANDS, None)
+    }
+
+    /// `build` with `commands` commands, and with `retain`, retention after every flush that
+    /// keeps that many records (so later segments recycle retired files).
+    fn build_with(data_dir: &Path, commands: u64, retain: Option<u64>) -> Built {
         let storage = MmapStorage::open(&journal_dir(data_dir), FlushMode::Auto).expect("storage");
         let config = JournalConfig {
             segment_bytes: SEGMENT_BYTES_MIN,
@@ -1029,7 +1049,7 @@ mod tests {
         let mut engine = Engine::new(EngineConfig::default());
         let (mut segment, mut offset) = (1, SEGMENT_HEADER_LEN);
         let mut records = Vec::new();
-        for i in 1..=COMMANDS {
+        for i in 1..=commands {
             let seq = journal.next_seq();
             let command = Command {
                 key: IdempotencyKey(u128::from(i) << 64 | 0xabc),
@@ -1048,6 +1068,11 @@ mod tests {
                 seq
             );
             assert_eq!(journal.flush().expect("flush"), seq);
+            if let Some(retain) = retain {
+                journal
+                    .remove_covered(seq.saturating_sub(retain))
+                    .expect("retention");
+            }
             records.push(Placed {
                 seq,
                 segment,
@@ -1133,6 +1158,44 @@ mod tests {
         assert_eq!(json["records"], COMMANDS);
         assert!(json["torn_tail"].is_null());
         assert!(report.to_string().contains("40 records, seq 1..=40"));
+    }
+
+    #[test]
+    fn a_recycled_last_segment_verifies_clean_and_its_durable_damage_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let built = build_with(dir.path(), 210, Some(30));
+        let last = *built.records.last().expect("records");
+        let header = &segment_files(dir.path())[&file_of(dir.path(), &last)][..64];
+        let header = SegmentHeader::decode(header.try_into().expect("64 bytes")).expect("header");
+        assert!(header.recycled, "the last segment reuses a retired file");
+        let report = verify_journal(dir.path()).expect("verify");
+        assert_eq!(
+            report.torn_tail, None,
+            "stale bytes after the data are no tail"
+        );
+        assert_eq!(report.last_seq, 210);
+        assert!(report.first_seq > 1, "retention ran");
+        assert_eq!(report.records, 210 - report.first_seq + 1);
+        // The last segment's first record is durable and later records vouch for it.
+        let first_in_last = *built
+            .records
+            .iter()
+            .find(|r| r.segment == last.segment)
+            .expect("records");
+        assert!(
+            first_in_last.seq + 2 < last.seq,
+            "several records in the last segment"
+        );
+        damage(dir.path(), &first_in_last, HEADER_LEN as u64 + 1, |b| {
+            b[0] ^= 1
+        });
+        match verify_journal(dir.path()) {
+            Err(VerifyError::Corrupt { file, offset, .. }) => {
+                assert_eq!(file, file_of(dir.path(), &first_in_last));
+                assert_eq!(offset, first_in_last.offset);
+            }
+            other => panic!("damaged durable record in a recycled segment: {other:?}"),
+        }
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! then n had been durable: that is corruption, a hard error naming file and offset. Otherwise
 //! the damage is a torn tail: it is zeroed and recovery ends before it.
 //!
+//! A recycled segment (segment.rs) holds stale bytes after its data. Recovery ends its data at
+//! the first record that does not continue the log, as at a torn tail, and looks for the same
+//! evidence in the stale rest; without any, it only writes the end marker there again.
+//!
 //! Recovery reads what readers see, which after a killed process or a failed flush includes
 //! writes that never reached the disk. So before reporting the recovered records durable it
 //! writes again, and flushes, every record no later watermark vouches for.
@@ -23,8 +27,10 @@ use crate::record::{
     HEADER_LEN, PAYLOAD_BYTES_MAX, RECORD_ALIGN, RecordHeader, RecordKind, record_hash, record_len,
     restamp_watermark,
 };
-use crate::segment::{Cursor, Found, SEGMENT_HEADER_LEN, SegmentHeader};
-use crate::storage::{SegmentRead, Storage, StorageReader};
+use crate::segment::{
+    Cursor, END_MARKER_ALIGN, Found, SEGMENT_HEADER_LEN, SegmentHeader, end_marker_len,
+};
+use crate::storage::{Created, SegmentRead, Storage, StorageReader};
 
 /// Readers (replicator, Kafka publisher, tools) that may tail one journal at once.
 pub const READERS_MAX: usize = 16;
@@ -32,6 +38,9 @@ pub const READERS_MAX: usize = 16;
 pub const SEGMENT_BYTES_DEFAULT: u64 = 128 << 20;
 /// The smallest segment that holds a header and one 4 KiB record (tests use small ones).
 pub const SEGMENT_BYTES_MIN: u64 = 8 << 10;
+/// The zeros of the longest end marker (`end_marker_len`).
+static END_MARKER_ZEROS: [u8; (END_MARKER_ALIGN as usize) + HEADER_LEN] =
+    [0; (END_MARKER_ALIGN as usize) + HEADER_LEN];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JournalConfig {
@@ -126,7 +135,7 @@ pub struct Recovery {
     pub first_seq: u64,
     /// The last valid record's seq (0 for an empty journal).
     pub last_seq: u64,
-    /// Bytes of torn tail zeroed.
+    /// Bytes of torn tail zeroed (in a recycled segment: the end marker written over it).
     pub truncated_bytes: u64,
     /// Segments after the torn tail that were removed.
     pub removed_segments: Vec<u64>,
@@ -169,6 +178,8 @@ pub struct Journal<S: Storage> {
     /// Segment ids ascending; the last one is being appended to.
     segments: Vec<u64>,
     write_offset: u64,
+    /// The segment being appended to is recycled: it gets an end marker after its data.
+    tail_recycled: bool,
     /// Segments written since the last flush.
     dirty: BTreeSet<u64>,
     next_seq: u64,
@@ -196,6 +207,7 @@ impl<S: Storage> Journal<S> {
             config,
             segments: Vec::new(),
             write_offset: SEGMENT_HEADER_LEN,
+            tail_recycled: false,
             dirty: BTreeSet::new(),
             next_seq: 1,
             last_hash: 0,
@@ -239,7 +251,7 @@ impl<S: Storage> Journal<S> {
         let mut unconfirmed = Unconfirmed::default();
         let mut index = 0;
         while index < self.segments.len() {
-            match self.scan_segment(&reader, index, &mut unconfirmed)? {
+            match self.scan_segment(&reader, index, &mut unconfirmed, &mut recovery)? {
                 Scan::Complete => index += 1,
                 Scan::Damaged { offset, reason } => {
                     self.repair_tail(&reader, index, offset, &reason, &mut recovery)?;
@@ -291,6 +303,7 @@ impl<S: Storage> Journal<S> {
         reader: &S::Reader,
         index: usize,
         unconfirmed: &mut Unconfirmed,
+        recovery: &mut Recovery,
     ) -> Result<Scan, JournalError> {
         let id = self.segments[index];
         let describe = || reader.describe(id);
@@ -315,6 +328,7 @@ impl<S: Storage> Journal<S> {
                     });
                 }
                 self.last_hash = h.prev_hash;
+                self.tail_recycled = h.recycled;
             }
             Ok(h) => {
                 let reason = format!(
@@ -328,6 +342,7 @@ impl<S: Storage> Journal<S> {
             }
             Err(reason) => return Ok(Scan::Damaged { offset: 0, reason }),
         }
+        let last = index + 1 == self.segments.len();
         let mut offset = SEGMENT_HEADER_LEN;
         loop {
             let found = cursor
@@ -336,7 +351,9 @@ impl<S: Storage> Journal<S> {
             match found {
                 Found::End => break,
                 Found::Invalid(error) => {
-                    if self.next_segment_continues(reader, index)? {
+                    // In the last recycled segment, stale bytes end the data; the evidence
+                    // check below tells a torn tail from damage.
+                    if (last && self.tail_recycled) || self.next_segment_continues(reader, index)? {
                         break; // stray bytes in the unused end: cleared below
                     }
                     return Ok(Scan::Damaged {
@@ -346,7 +363,9 @@ impl<S: Storage> Journal<S> {
                 }
                 Found::Record { header, bytes } => {
                     if let Err(reason) = self.check_continues(&header) {
-                        if self.next_segment_continues(reader, index)? {
+                        if (last && self.tail_recycled)
+                            || self.next_segment_continues(reader, index)?
+                        {
                             break;
                         }
                         return Ok(Scan::Damaged { offset, reason });
@@ -363,10 +382,21 @@ impl<S: Storage> Journal<S> {
             }
         }
         self.write_offset = offset;
+        if last && self.tail_recycled {
+            // Stale records after the data are expected; a record that vouches for a lost
+            // durable one is not (the damage path below reports it as corruption).
+            if find_durable_evidence(reader, &self.segments[index..], offset, self.next_seq)?
+                .is_some()
+            {
+                let reason = "the data of a recycled segment ends".to_string();
+                return Ok(Scan::Damaged { offset, reason });
+            }
+            recovery.truncated_bytes += self.mark_end(&mut cursor, id, offset)?;
+            return Ok(Scan::Complete);
+        }
         // Bytes after the end of the last segment's data are a torn tail (sectors of lost
         // records that did reach the disk) or damage: left there, they would lie in wait for
         // a later recovery that finds them at the end of a full segment.
-        let last = index + 1 == self.segments.len();
         if last
             && cursor
                 .any_nonzero_from(offset)
@@ -385,9 +415,36 @@ impl<S: Storage> Journal<S> {
                 );
                 return Ok(Scan::Damaged { offset, reason });
             }
-            self.clear_gap(&mut cursor, id, offset)?;
+            match self.tail_recycled {
+                true => _ = self.mark_end(&mut cursor, id, offset)?,
+                false => self.clear_gap(&mut cursor, id, offset)?,
+            }
         }
         Ok(Scan::Complete)
+    }
+
+    /// Writes a recycled segment's end marker at `offset` unless one is there, and returns
+    /// the bytes written. Stale bytes after it stay: nothing reads past the marker.
+    fn mark_end<R: SegmentRead>(
+        &mut self,
+        cursor: &mut Cursor<R>,
+        segment: u64,
+        offset: u64,
+    ) -> Result<u64, JournalError> {
+        let len = end_marker_len(offset, cursor.length());
+        let marked = cursor
+            .bytes(offset, len as usize)
+            .map_err(io_error(|| format!("reading segment {segment}")))?
+            .iter()
+            .all(|&b| b == 0);
+        if marked {
+            return Ok(0);
+        }
+        self.storage
+            .write(segment, offset, &END_MARKER_ZEROS[..len as usize])
+            .map_err(io_error(|| format!("marking the end of segment {segment}")))?;
+        self.dirty.insert(segment);
+        Ok(len)
     }
 
     /// Whether the segment after `index` starts exactly where the scan stands (its first seq
@@ -495,6 +552,9 @@ impl<S: Storage> Journal<S> {
             recovery.removed_segments.push(id);
             self.segments.pop();
             recovery.truncated_bytes += self.config.segment_bytes;
+            // The segment before ended where the next must start (`scan_segment` checked
+            // its unused end): it needs no end marker from the roll.
+            self.tail_recycled = false;
             self.start_segment(self.next_seq)?;
         } else {
             let length = self
@@ -517,14 +577,18 @@ impl<S: Storage> Journal<S> {
     }
 
     fn start_segment(&mut self, first_seq: u64) -> Result<(), JournalError> {
+        self.write_end_marker()?; // the segment being left, if recycled
         let length = self.config.segment_bytes;
-        self.storage
+        let created = self
+            .storage
             .create(first_seq, length)
             .map_err(io_error(|| format!("creating segment {first_seq}")))?;
+        let recycled = created == Created::Recycled;
         let header = SegmentHeader {
             first_seq,
             length,
             prev_hash: self.last_hash,
+            recycled,
         }
         .encode();
         self.storage
@@ -533,6 +597,32 @@ impl<S: Storage> Journal<S> {
         self.segments.push(first_seq);
         self.dirty.insert(first_seq);
         self.write_offset = SEGMENT_HEADER_LEN;
+        self.tail_recycled = recycled;
+        self.write_end_marker()
+    }
+
+    /// In a recycled segment, zeros after the appended data (`end_marker_len`): readers and
+    /// recovery find the end there as in a zero-filled segment. Not advanced past: the next
+    /// append overwrites it. Written before every flush and at the roll to the next segment.
+    fn write_end_marker(&mut self) -> Result<(), JournalError> {
+        let Some(&segment) = self.segments.last() else {
+            return Ok(());
+        };
+        if !self.tail_recycled {
+            return Ok(());
+        }
+        let len = end_marker_len(self.write_offset, self.config.segment_bytes) as usize;
+        if let Err(source) =
+            self.storage
+                .write(segment, self.write_offset, &END_MARKER_ZEROS[..len])
+        {
+            self.poisoned = true;
+            return Err(JournalError::Io {
+                context: format!("marking the end of segment {segment}"),
+                source,
+            });
+        }
+        self.dirty.insert(segment);
         Ok(())
     }
 
@@ -685,6 +775,9 @@ impl<S: Storage> Journal<S> {
             self.flush_wait()?;
         }
         self.check_writable()?;
+        if self.segments.last().is_some_and(|s| self.dirty.contains(s)) {
+            self.write_end_marker()?;
+        }
         for &segment in &self.dirty {
             if let Err(source) = flush(&mut self.storage, segment) {
                 self.poisoned = true;
@@ -781,7 +874,7 @@ impl<S: Storage> Journal<S> {
         while self.segments.len() > 1 && self.segments[1] <= keep_from {
             let segment = self.segments[0];
             self.storage
-                .remove(segment)
+                .retire(segment)
                 .map_err(io_error(|| format!("removing segment {segment}")))?;
             self.segments.remove(0);
             removed.push(segment);
@@ -827,8 +920,6 @@ impl Unconfirmed {
     }
 }
 
-/// Looks for a valid record at or after (`segments[0]`, `offset`) whose watermark shows that
-/// `seq` had been durable. Scans every 16-byte position: lengths after damage are untrustworthy.
 /// A journal's reader factory: cheap to clone, usable on any thread while the journal is
 /// owned by the engine thread.
 #[derive(Clone)]
@@ -886,6 +977,8 @@ impl<R: StorageReader> Readers<R> {
     }
 }
 
+/// Looks for a valid record at or after (`segments[0]`, `offset`) whose watermark shows that
+/// `seq` had been durable. Scans every 16-byte position: lengths after damage are untrustworthy.
 fn find_durable_evidence<R: StorageReader>(
     reader: &R,
     segments: &[u64],

@@ -33,7 +33,9 @@ pub use record::{
     HEADER_LEN, PAYLOAD_BYTES_MAX, RECORD_ALIGN, RecordError, RecordHeader, RecordKind,
     record_hash, record_len,
 };
-pub use segment::{SEGMENT_HEADER_LEN, SegmentHeader};
+pub use segment::{
+    END_MARKER_ALIGN, SEGMENT_HEADER_LEN, SEGMENT_RECYCLED, SegmentHeader, end_marker_len,
+};
 pub use sim::{SIM_SECTOR_BYTES, SimStorage};
 pub use snapshot::{SNAPSHOTS_KEPT, SnapshotFile, SnapshotStore};
-pub use storage::{SegmentRead, Storage, StorageReader};
+pub use storage::{Created, SegmentRead, Storage, StorageReader};

@@ -5,6 +5,12 @@
 //! zero-filled segment ready so rolling to a new segment costs a rename, not a 100 ms fill. It
 //! writes the zeros back itself in small ranges (`ZERO_WRITEBACK_BYTES`), so its writeback never
 //! queues more than a few hundred KiB at the disk in front of the journal's fdatasyncs.
+//!
+//! Retired segments are recycled instead of deleted (`WriteMode::Pwrite`, no archive): their
+//! files wait, up to `RECYCLED_BYTES_MAX`, for `create` to rename one into the next segment.
+//! Their blocks are allocated and written already, so a roll into one costs no zero fill at
+//! all, and the fill's second write of every journal byte is gone from a node whose retention
+//! runs. The journal handles the stale bytes such a file holds (segment.rs).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -18,7 +24,7 @@ use std::thread;
 use memmap2::MmapMut;
 
 use crate::flush::{FlushMode, Flusher, RangeWriteback};
-use crate::storage::{SegmentRead, Storage, StorageReader};
+use crate::storage::{Created, SegmentRead, Storage, StorageReader};
 
 const SEGMENT_SUFFIX: &str = ".journal";
 const SPARE_PREFIX: &str = "spare-";
@@ -47,6 +53,10 @@ const ZERO_WRITEBACK_BYTES: u64 = 256 << 10;
 const ZERO_WRITEBACKS_IN_FLIGHT: usize = 2;
 /// Where io_uring is refused, the fill syncs every this many bytes instead.
 const ZERO_SYNC_EVERY_BYTES: u64 = 8 << 20;
+/// Retired segment files kept for recycling, in bytes: as much journal as one snapshot
+/// interval's default (`snapshot_every_bytes`), so the segments one retention frees can all be
+/// reused before the next. Retirements beyond it delete their file.
+pub const RECYCLED_BYTES_MAX: u64 = 4 << 30;
 /// The most appended bytes `WriteMode::Pwrite` holds before writing them out (unflushed).
 pub const PENDING_BYTES_MAX: usize = 8 << 20;
 
@@ -85,6 +95,8 @@ pub struct MmapStorage {
     mapped: BTreeMap<u64, Mapped>,
     flusher: Flusher,
     spare: Option<SpareMaker>,
+    /// Retired segment files waiting to be recycled (path, length), oldest first.
+    recycled: VecDeque<(PathBuf, u64)>,
     write_mode: WriteMode,
     pending: Pending,
 }
@@ -102,6 +114,7 @@ impl MmapStorage {
             mapped: BTreeMap::new(),
             flusher,
             spare: None,
+            recycled: VecDeque::new(),
             write_mode: WriteMode::default(),
             pending: Pending::default(),
         })
@@ -187,7 +200,17 @@ impl MmapStorage {
         File::open(&self.dir)?.sync_all()
     }
 
-    /// Takes the spare segment if one of the right size is ready.
+    /// Whether retired segments are kept for reuse: not when archived (the archive keeps them),
+    /// and not with maps, where a store into a recycled file's uncached page would read that
+    /// page from disk first, inside the engine thread's copy.
+    fn recycles(&self) -> bool {
+        self.archive.is_none() && self.write_mode == WriteMode::Pwrite
+    }
+
+    fn recycled_bytes(&self) -> u64 {
+        self.recycled.iter().map(|&(_, len)| len).sum()
+    }
+
     /// Takes the spare segment if one of the right size is being made, waiting for it to be
     /// finished: that is never slower than filling a second file here, beside it.
     fn take_spare(&mut self, len: u64) -> Option<PathBuf> {
@@ -218,8 +241,14 @@ impl Storage for MmapStorage {
         list_segments(&self.dir)
     }
 
-    fn create(&mut self, segment: u64, len: u64) -> io::Result<()> {
+    fn create(&mut self, segment: u64, len: u64) -> io::Result<Created> {
         let path = self.path(segment);
+        if let Some(index) = self.recycled.iter().position(|&(_, l)| l == len) {
+            let (recycled, _) = self.recycled.remove(index).expect("found above");
+            fs::rename(recycled, &path)?;
+            self.sync_dir()?;
+            return Ok(Created::Recycled);
+        }
         let took_spare = match self.take_spare(len) {
             Some(spare) => {
                 fs::rename(spare, &path)?;
@@ -244,7 +273,7 @@ impl Storage for MmapStorage {
             }
             _ => self.start_spare(len),
         }
-        Ok(())
+        Ok(Created::Zeroed)
     }
 
     fn prepare(&mut self, len: u64) {
@@ -317,6 +346,23 @@ impl Storage for MmapStorage {
             fs::remove_file(self.path(segment))?;
         }
         self.sync_dir()
+    }
+
+    fn retire(&mut self, segment: u64) -> io::Result<()> {
+        let len = self.segment_len(segment)?;
+        if !self.recycles() || self.recycled_bytes() + len > RECYCLED_BYTES_MAX {
+            return self.remove(segment);
+        }
+        if self.pending.segment == segment {
+            self.pending.bytes.clear();
+        }
+        self.mapped.remove(&segment);
+        // A spare's name: out of the segment list at once, and removed at the next open.
+        let recycled = spare_path(&self.dir);
+        fs::rename(self.path(segment), &recycled)?;
+        self.sync_dir()?;
+        self.recycled.push_back((recycled, len));
+        Ok(())
     }
 }
 

@@ -4,13 +4,22 @@
 //! offset size field
 //!      0    8 magic       "PAYUSEG1"
 //!      8    2 version
-//!     10    2 reserved    0
+//!     10    2 flags       SEGMENT_RECYCLED, or 0
 //!     12    4 crc32c      over bytes 0..12 and 16..64
 //!     16    8 first_seq   seq of the segment's first record (also its file name)
 //!     24    8 length      bytes, header included
 //!     32   16 prev_hash   chain hash of record first_seq - 1 (0 for seq 1)
 //!     48   16 reserved    0
 //! ```
+//!
+//! A recycled segment (`SEGMENT_RECYCLED`) reuses the file of a retired one instead of a
+//! zero-filled new file, so the bytes after the end of its data are not zeros but stale
+//! records of the old segment (their seqs are all below `first_seq`) or fragments of them.
+//! Its writer keeps a zeroed record header (`end_marker_len` bytes of zeros) right after the
+//! data at every flush and at the roll to the next segment, so a reader finds the end of the
+//! data as in a zero-filled segment; recovery ends such a segment's data at its first record
+//! that is not the next one, and checks the stale rest only for evidence of lost durable
+//! records (it never has to zero it).
 
 use std::io;
 
@@ -20,6 +29,12 @@ use crate::storage::SegmentRead;
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PAYUSEG1";
 pub const SEGMENT_VERSION: u16 = 1;
+/// Header flag: the segment's file was recycled, so stale bytes may follow its data.
+pub const SEGMENT_RECYCLED: u16 = 1;
+/// The writer's end marker in a recycled segment reaches this boundary, so the write that
+/// carries it covers whole pages: a partial write into an uncached page of a recycled file
+/// would make the kernel read that page from disk first, on the engine thread.
+pub const END_MARKER_ALIGN: u64 = 4 << 10;
 /// Bytes read at once by a cursor; a longer record is read whole.
 const CURSOR_CHUNK_BYTES: usize = 1 << 20;
 /// The first read after a `refresh`: a reader that caught up with the writer finds only the
@@ -35,6 +50,15 @@ pub struct SegmentHeader {
     pub first_seq: u64,
     pub length: u64,
     pub prev_hash: u128,
+    /// The segment reuses a retired segment's file (`SEGMENT_RECYCLED`).
+    pub recycled: bool,
+}
+
+/// The zeros a recycled segment's writer puts at `offset`, the end of its data: at least a
+/// record header's worth, up to the next `END_MARKER_ALIGN` boundary, never past `length`.
+pub fn end_marker_len(offset: u64, length: u64) -> u64 {
+    let end = (offset + HEADER_LEN as u64).next_multiple_of(END_MARKER_ALIGN);
+    end.min(length).saturating_sub(offset)
 }
 
 impl SegmentHeader {
@@ -42,6 +66,8 @@ impl SegmentHeader {
         let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
         b[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        let flags = if self.recycled { SEGMENT_RECYCLED } else { 0 };
+        b[10..12].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.length.to_le_bytes());
         b[32..48].copy_from_slice(&self.prev_hash.to_le_bytes());
@@ -62,10 +88,15 @@ impl SegmentHeader {
         if crc.to_le_bytes() != b[12..16] {
             return Err("segment header CRC32C mismatch".into());
         }
+        let flags = u16::from_le_bytes([b[10], b[11]]);
+        if flags & !SEGMENT_RECYCLED != 0 {
+            return Err(format!("unknown segment flags {flags:#x}"));
+        }
         Ok(SegmentHeader {
             first_seq: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
             length: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
             prev_hash: u128::from_le_bytes(b[32..48].try_into().expect("16 bytes")),
+            recycled: flags & SEGMENT_RECYCLED != 0,
         })
     }
 }

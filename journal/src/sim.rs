@@ -6,12 +6,15 @@
 //! reads see, like the page cache). Writes go to `volatile` and are remembered as pending;
 //! `flush` copies pending writes to `durable`; `crash` keeps a seeded random subset of pending
 //! sectors, some of them torn, and resets `volatile` to `durable`.
+//!
+//! With `recycling`, retired segments keep their bytes in a bounded pool and `create` reuses
+//! them (`Created::Recycled`), as real storage reuses retired files.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::storage::{SegmentRead, Storage, StorageReader};
+use crate::storage::{Created, SegmentRead, Storage, StorageReader};
 
 /// The unit a crash keeps or loses (a disk sector).
 pub const SIM_SECTOR_BYTES: u64 = 512;
@@ -27,6 +30,9 @@ struct SimSegment {
 #[derive(Debug)]
 struct SimDisk {
     segments: BTreeMap<u64, SimSegment>,
+    /// Retired segments kept for `create` to reuse, at most `recycled_max`.
+    recycled: Vec<SimSegment>,
+    recycled_max: usize,
     rng: u64,
     fail_next_flushes: u32,
 }
@@ -41,12 +47,20 @@ impl SimStorage {
     pub fn new(seed: u64) -> SimStorage {
         let disk = SimDisk {
             segments: BTreeMap::new(),
+            recycled: Vec::new(),
+            recycled_max: 0,
             rng: seed | 1,
             fail_next_flushes: 0,
         };
         SimStorage {
             disk: Arc::new(Mutex::new(disk)),
         }
+    }
+
+    /// Keeps up to `max` retired segments for `create` to reuse, stale bytes and all.
+    pub fn recycling(self, max: usize) -> SimStorage {
+        self.disk().recycled_max = max;
+        self
     }
 
     fn disk(&self) -> MutexGuard<'_, SimDisk> {
@@ -132,15 +146,26 @@ impl Storage for SimStorage {
         Ok(self.disk().segments.keys().copied().collect())
     }
 
-    fn create(&mut self, segment: u64, len: u64) -> io::Result<()> {
-        let image = vec![0u8; len as usize];
-        let fresh = SimSegment {
-            durable: image.clone(),
-            volatile: image,
-            pending: Default::default(),
+    fn create(&mut self, segment: u64, len: u64) -> io::Result<Created> {
+        let mut disk = self.disk();
+        let reuse = disk
+            .recycled
+            .iter()
+            .position(|s| s.volatile.len() as u64 == len);
+        let (fresh, created) = match reuse {
+            Some(index) => (disk.recycled.swap_remove(index), Created::Recycled),
+            None => {
+                let image = vec![0u8; len as usize];
+                let fresh = SimSegment {
+                    durable: image.clone(),
+                    volatile: image,
+                    pending: Default::default(),
+                };
+                (fresh, Created::Zeroed)
+            }
         };
-        self.disk().segments.insert(segment, fresh);
-        Ok(())
+        disk.segments.insert(segment, fresh);
+        Ok(created)
     }
 
     fn segment_len(&self, segment: u64) -> io::Result<u64> {
@@ -204,6 +229,18 @@ impl Storage for SimStorage {
             .remove(&segment)
             .map(|_| ())
             .ok_or_else(|| not_found(segment))
+    }
+
+    fn retire(&mut self, segment: u64) -> io::Result<()> {
+        let mut disk = self.disk();
+        let retired = disk
+            .segments
+            .remove(&segment)
+            .ok_or_else(|| not_found(segment))?;
+        if disk.recycled.len() < disk.recycled_max {
+            disk.recycled.push(retired);
+        }
+        Ok(())
     }
 }
 

@@ -4,18 +4,30 @@
 //! and failed flushes).
 //!
 //! A journal is a list of segments, each named by the seq of its first record. The contract:
-//! - `create` returns only when the new segment (zero-filled, `len` bytes) and its name are
-//!   durable;
+//! - `create` returns only when the new segment (`len` bytes) and its name are durable; its
+//!   bytes are zeros (`Created::Zeroed`) or, if it reuses a retired segment's file, that
+//!   segment's old bytes (`Created::Recycled`);
 //! - `write` copies bytes; they may be lost, wholly or in part (torn), until `flush` on that
 //!   segment returns `Ok`;
 //! - after `flush` returns `Ok`, every earlier write to that segment survives any crash
 //!   (likewise for writes before `flush_start` once `flush_wait` returns `Ok`);
 //! - a `flush` that returns `Err` may have lost any unflushed write, even ones that still read
 //!   back (Linux drops dirty pages on writeback errors): the caller must never report them durable;
-//! - `remove` deletes a segment durably (used only for segments no one needs);
+//! - `remove` deletes a segment durably (used only for segments no one needs); `retire` may
+//!   instead keep its file for a later `create` to recycle, which takes it out of `segments`
+//!   durably just the same;
 //! - readers see every write made before the writer published it (they run on other threads).
 
 use std::io;
+
+/// What `Storage::create` made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// A zero-filled segment.
+    Zeroed,
+    /// A retired segment's file under the new name: its old bytes are still in it.
+    Recycled,
+}
 
 pub trait Storage: Send + 'static {
     type Reader: StorageReader;
@@ -26,8 +38,8 @@ pub trait Storage: Send + 'static {
     /// Segment ids (each the seq of its first record), ascending.
     fn segments(&self) -> io::Result<Vec<u64>>;
 
-    /// Creates a zero-filled segment of `len` bytes, durably.
-    fn create(&mut self, segment: u64, len: u64) -> io::Result<()>;
+    /// Creates a segment of `len` bytes, durably: zero-filled, or a retired one recycled.
+    fn create(&mut self, segment: u64, len: u64) -> io::Result<Created>;
 
     /// A hint that segments of `len` bytes will be created: real storage starts preparing
     /// one in the background, so the first roll does not wait for it.
@@ -54,6 +66,12 @@ pub trait Storage: Send + 'static {
 
     /// Deletes `segment` durably.
     fn remove(&mut self, segment: u64) -> io::Result<()>;
+
+    /// Takes `segment`, which no one needs any more, out of the journal durably, like
+    /// `remove`; storage that recycles keeps its file for a later `create`.
+    fn retire(&mut self, segment: u64) -> io::Result<()> {
+        self.remove(segment)
+    }
 }
 
 pub trait StorageReader: Clone + Send + Sync + 'static {

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -13,12 +14,16 @@ use std::time::Duration;
 use common::{Model, Rng, SEGMENT_BYTES, check_journal, config, hash_of, image, layout_of};
 use payu_journal::{
     FlushMode, HEADER_LEN, Journal, JournalConfig, JournalError, MmapStorage, READERS_MAX,
-    RecordHeader, Recovery, SEGMENT_BYTES_MIN, SimStorage, Storage, StorageReader, WriteMode,
+    RecordHeader, Recovery, SEGMENT_BYTES_MIN, SEGMENT_HEADER_LEN, SegmentHeader, SegmentRead,
+    SimStorage, Storage, StorageReader, WriteMode, end_marker_len,
 };
 
 /// A storage under test and what a crash does to it.
 trait Harness {
     type S: Storage;
+
+    /// Whether the storage recycles retired segments (files in map mode do not).
+    const RECYCLES: bool;
 
     fn fresh(seed: u64) -> Self;
 
@@ -36,6 +41,8 @@ struct MmapHarness<const MAPPED: bool> {
 
 impl<const MAPPED: bool> Harness for MmapHarness<MAPPED> {
     type S = MmapStorage;
+
+    const RECYCLES: bool = !MAPPED;
 
     fn fresh(_seed: u64) -> MmapHarness<MAPPED> {
         MmapHarness {
@@ -59,6 +66,9 @@ impl<const MAPPED: bool> Harness for MmapHarness<MAPPED> {
     }
 }
 
+/// Retired segments the simulated disk keeps for reuse.
+const SIM_RECYCLED_MAX: usize = 4;
+
 struct SimHarness {
     sim: SimStorage,
 }
@@ -66,9 +76,11 @@ struct SimHarness {
 impl Harness for SimHarness {
     type S = SimStorage;
 
+    const RECYCLES: bool = true;
+
     fn fresh(seed: u64) -> SimHarness {
         SimHarness {
-            sim: SimStorage::new(seed),
+            sim: SimStorage::new(seed).recycling(SIM_RECYCLED_MAX),
         }
     }
 
@@ -160,6 +172,7 @@ contract_tests!(
     replicated_records_rebuild_an_identical_chain,
     replication_rejects_gaps_broken_chains_and_flipped_bits,
     payload_too_large_is_refused_and_the_largest_fits,
+    recycled_segments_keep_every_flushed_record_across_crashes,
 );
 
 fn records_survive_reopen_in_order_across_segment_rolls<H: Harness>() {
@@ -295,6 +308,73 @@ fn crash_keeps_every_flushed_record_and_nothing_garbage<H: Harness>() {
         drop(journal);
         harness.crash();
     }
+}
+
+fn recycled_segments_keep_every_flushed_record_across_crashes<H: Harness>() {
+    // Proves: with retention retiring segments as the log grows, new segments reuse the retired files (stale records of old seqs after their data), yet after every crash each flushed record survives, readers read across segment ends, and nothing stale is ever read back.
+    let mut harness = H::fresh(21);
+    let mut rng = Rng::new(2121);
+    let mut model = Model::default();
+    let mut durable = 0;
+    let mut recycled = BTreeSet::new();
+    for round in 0..24 {
+        let (mut journal, recovery) = open(&harness);
+        assert!(
+            recovery.last_seq >= durable,
+            "round {round}: recovered {} < durable {durable}",
+            recovery.last_seq
+        );
+        assert!(recovery.last_seq < model.next_seq(), "nothing invented");
+        check_journal(&journal, &model, journal.first_seq());
+        model.truncate(recovery.last_seq);
+        durable = recovery.last_seq;
+        for _ in 0..100 + rng.below(200) {
+            model.append(&mut journal, varied_len(&mut rng));
+            if rng.chance(1, 6) {
+                durable = match rng.below(2) {
+                    0 => journal.flush().expect("flush"),
+                    _ => journal.flush_now().expect("flush now"),
+                };
+                // Retention as a node's: everything but the last ~60 records is covered.
+                journal
+                    .remove_covered(durable.saturating_sub(60))
+                    .expect("retention");
+                check_journal(&journal, &model, journal.first_seq());
+            }
+        }
+        recycled.extend(recycled_segments(&journal));
+        drop(journal);
+        harness.crash();
+    }
+    if H::RECYCLES {
+        assert!(
+            recycled.len() >= 20,
+            "only {} segments were recycled",
+            recycled.len()
+        );
+    } else {
+        assert!(recycled.is_empty(), "{recycled:?} recycled in map mode");
+    }
+}
+
+/// The segments of `journal` whose header says they reuse a retired segment's file.
+fn recycled_segments<S: Storage>(journal: &Journal<S>) -> Vec<u64> {
+    let reader = journal.storage().reader();
+    let mut recycled = Vec::new();
+    for segment in segments(journal) {
+        let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+        reader
+            .open(segment)
+            .and_then(|s| s.read_at(0, &mut header))
+            .expect("read a segment header");
+        if SegmentHeader::decode(&header)
+            .expect("a valid header")
+            .recycled
+        {
+            recycled.push(segment);
+        }
+    }
+    recycled
 }
 
 fn reader_sees_only_durable_records_and_tails_new_ones<H: Harness>() {
@@ -855,6 +935,111 @@ fn sim_damage_before_durable_data_is_corrupt_naming_file_and_offset() {
         }
         other => panic!("damaged segment header: {:?}", other.map(|(_, r)| r)),
     }
+}
+
+/// A recycling sim disk holding at least 300 records of `sim_fill`'s sizes, flushed every 5
+/// with retention after each flush, and 20 to 25 in its last segment, which reuses a retired
+/// one's bytes.
+fn sim_recycled_tail(seed: u64) -> (SimStorage, Model, Journal<SimStorage>) {
+    let sim = SimStorage::new(seed).recycling(SIM_RECYCLED_MAX);
+    let mut model = Model::default();
+    let (mut journal, _) = sim_open(&sim).expect("open");
+    let in_last = |model: &Model| {
+        let places = layout_of(model);
+        let last = places.last().map(|p| p.segment);
+        places.iter().filter(|p| Some(p.segment) == last).count()
+    };
+    // 20 to 25 records (of ~40 that fit) leave room for stale bytes after the end marker.
+    while model.next_seq() <= 300 || !(20..=25).contains(&in_last(&model)) {
+        sim_fill(&mut journal, &mut model, 5, 5);
+        let durable = journal.durable_seq();
+        journal
+            .remove_covered(durable.saturating_sub(20))
+            .expect("retention");
+    }
+    let last = *segments(&journal).last().expect("segments");
+    assert!(
+        recycled_segments(&journal).contains(&last),
+        "seed {seed}: the last segment is not recycled"
+    );
+    (sim, model, journal)
+}
+
+#[test]
+fn sim_recycled_segment_stale_bytes_are_not_damage_but_durable_damage_is_corrupt() {
+    // Proves: in a recycled last segment, the stale records after the data are neither reported nor rewritten on reopen, while a damaged durable record before later vouching ones is still `Corrupt`, naming file and offset.
+    for seed in 0..8u64 {
+        let (sim, model, journal) = sim_recycled_tail(seed);
+        let first = journal.first_seq();
+        drop(journal);
+        let places = layout_of(&model);
+        let end = *places.last().expect("records");
+        let last_seq = model.next_seq() - 1;
+        // After the data and its end marker, the retired segment's bytes are still there.
+        let data_end = end.offset + end.padded;
+        let after = data_end + end_marker_len(data_end, SEGMENT_BYTES);
+        let mut stale = vec![0u8; (SEGMENT_BYTES - after) as usize];
+        StorageReader::open(&sim, end.segment)
+            .and_then(|s| s.read_at(after, &mut stale))
+            .expect("read the tail");
+        assert!(
+            stale.iter().any(|&b| b != 0),
+            "seed {seed}: no stale bytes after the data"
+        );
+        let (journal, recovery) = sim_open(&sim).expect("clean reopen");
+        assert_eq!(recovery.last_seq, last_seq);
+        assert_eq!(recovery.truncated_bytes, 0, "seed {seed}: nothing cut");
+        assert!(recovery.removed_segments.is_empty());
+        check_journal(&journal, &model, first);
+        drop(journal);
+        // The last segment's first record is durable and later flushes vouch for it.
+        let place = *places
+            .iter()
+            .find(|p| p.segment == end.segment)
+            .expect("records");
+        sim.flip_bit(place.segment, place.offset + 30, 3);
+        match sim_open(&sim) {
+            Err(JournalError::Corrupt { file, offset, .. }) => {
+                assert_eq!(file, StorageReader::describe(&sim, place.segment));
+                assert_eq!(offset, place.offset, "seed {seed}");
+            }
+            other => panic!("seed {seed}: {:?}", other.map(|(_, r)| r)),
+        }
+    }
+}
+
+#[test]
+fn sim_torn_tail_over_stale_bytes_recovers_the_durable_records_and_appends_continue() {
+    // Proves: a crash after unflushed appends into a recycled segment recovers exactly the durable records, marks the end over the torn rest (reported when something was cut), and later appends and reopens continue the chain.
+    let mut truncated_somewhere = false;
+    for seed in 0..24u64 {
+        let (sim, mut model, mut journal) = sim_recycled_tail(seed);
+        let durable = journal.durable_seq();
+        for i in 0..(1 + seed % 9) {
+            model.append(&mut journal, 100 + i as usize * 97);
+        }
+        drop(journal);
+        sim.crash();
+        let (mut journal, recovery) = sim_open(&sim).expect("open after the crash");
+        assert!(recovery.last_seq >= durable, "seed {seed}: {recovery:?}");
+        assert!(recovery.last_seq < model.next_seq(), "nothing invented");
+        truncated_somewhere |= recovery.truncated_bytes > 0;
+        // What survived beyond the durable seq must be exactly what was written.
+        let first = journal.first_seq();
+        check_journal(&journal, &model, first);
+        model.truncate(recovery.last_seq);
+        sim_fill(&mut journal, &mut model, 40, 7);
+        journal.flush().expect("flush");
+        drop(journal);
+        sim.crash();
+        let (journal, recovery) = sim_open(&sim).expect("reopen");
+        assert_eq!(recovery.last_seq, model.next_seq() - 1, "seed {seed}");
+        check_journal(&journal, &model, first);
+    }
+    assert!(
+        truncated_somewhere,
+        "some crash tore a record over stale bytes"
+    );
 }
 
 #[test]

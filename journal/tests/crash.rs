@@ -1,7 +1,8 @@
 //! Crash test with real processes (STYLE.md §15): a child appends and flushes to a real
 //! journal directory and prints each durable seq; the test SIGKILLs it at a random moment,
 //! reopens the journal and checks that everything printed survived, intact and chained, and
-//! that nothing after it is garbage. The next child resumes the same journal.
+//! that nothing after it is garbage. The next child resumes the same journal. Half the children
+//! run retention, so kills also land in segments that recycle retired files.
 //!
 //! The seed comes from `PAYU_CRASH_SEED` or the clock, and is printed (shown on failure).
 
@@ -12,7 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{Rng, hash_of};
-use payu_journal::{FlushMode, Journal, JournalConfig, MmapStorage, Recovery};
+use payu_journal::{
+    FlushMode, Journal, JournalConfig, MmapStorage, Recovery, SEGMENT_HEADER_LEN, SegmentHeader,
+    SegmentRead, Storage, StorageReader,
+};
 
 const ITERATIONS: usize = 30;
 /// The most durable-seq lines read before the kill.
@@ -64,8 +68,9 @@ fn run_child(dir: &std::path::Path, child_seed: u64, lines: u64) -> Option<u64> 
     printed
 }
 
-/// Reopens the journal and checks every record from seq 1. Returns what recovery found.
-fn verify(dir: &std::path::Path, durable: u64, iteration: usize) -> Recovery {
+/// Reopens the journal and checks every record it holds (from seq 1 until retention ran).
+/// Returns what recovery found and whether the last segment is recycled.
+fn verify(dir: &std::path::Path, durable: u64, iteration: usize) -> (Recovery, bool) {
     let storage = MmapStorage::open(dir, FlushMode::Auto).expect("open dir");
     let config = JournalConfig {
         segment_bytes: SEGMENT_BYTES,
@@ -76,20 +81,23 @@ fn verify(dir: &std::path::Path, durable: u64, iteration: usize) -> Recovery {
         recovery.last_seq >= durable,
         "iteration {iteration}: printed durable {durable}, recovered {recovery:?}"
     );
-    let mut reader = journal.reader(1).expect("reader");
-    let (mut seq, mut prev_hash) = (1, 0);
+    let first = journal.first_seq();
+    let mut reader = journal.reader(first).expect("reader");
+    let (mut seq, mut prev_hash) = (first, (first == 1).then_some(0));
     while let Some(record) = reader.next().expect("read") {
         assert_eq!(record.header.seq, seq, "iteration {iteration}: gap-free");
-        assert_eq!(
-            record.header.prev_hash, prev_hash,
-            "iteration {iteration}: chain at {seq}"
-        );
+        if let Some(prev_hash) = prev_hash {
+            assert_eq!(
+                record.header.prev_hash, prev_hash,
+                "iteration {iteration}: chain at {seq}"
+            );
+        }
         assert_eq!(record.header.timestamp, seq);
         assert!(
             record.payload() == payload(seq),
             "iteration {iteration}: payload of {seq}"
         );
-        prev_hash = hash_of(record.bytes);
+        prev_hash = Some(hash_of(record.bytes));
         seq += 1;
     }
     assert_eq!(
@@ -97,7 +105,20 @@ fn verify(dir: &std::path::Path, durable: u64, iteration: usize) -> Recovery {
         recovery.last_seq,
         "iteration {iteration}: read to the end"
     );
-    recovery
+    let storage = journal.storage();
+    let last = *storage
+        .segments()
+        .expect("segments")
+        .last()
+        .expect("a segment");
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    storage
+        .reader()
+        .open(last)
+        .and_then(|s| s.read_at(0, &mut header))
+        .expect("read the last segment's header");
+    let recycled = SegmentHeader::decode(&header).expect("header").recycled;
+    (recovery, recycled)
 }
 
 #[test]
@@ -108,14 +129,15 @@ fn sigkilled_writer_loses_nothing_it_reported_durable() {
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut durable, mut last) = (0, 0);
-    let (mut unflushed_survived, mut torn) = (0, 0);
+    let (mut unflushed_survived, mut torn, mut recycled_tails) = (0, 0, 0);
     for iteration in 0..ITERATIONS {
         let lines = 1 + rng.below(LINES_MAX);
         if let Some(printed) = run_child(dir.path(), rng.next_u64(), lines) {
             assert!(printed >= last, "a child starts from the recovered journal");
             durable = printed;
         }
-        let recovery = verify(dir.path(), durable, iteration);
+        let (recovery, recycled) = verify(dir.path(), durable, iteration);
+        recycled_tails += usize::from(recycled);
         last = recovery.last_seq;
         unflushed_survived += usize::from(last > durable);
         torn += usize::from(recovery.truncated_bytes > 0 || !recovery.removed_segments.is_empty());
@@ -123,6 +145,8 @@ fn sigkilled_writer_loses_nothing_it_reported_durable() {
     assert!(durable > 0, "children made progress");
     eprintln!(
         "crash test: {ITERATIONS} kills, {last} records, {durable} reported durable; \
-         {unflushed_survived} kills left unflushed records, {torn} left a torn tail"
+         {unflushed_survived} kills left unflushed records, {torn} left a torn tail, \
+         {recycled_tails} ended in a recycled segment"
     );
+    assert!(recycled_tails > 0, "some kill landed in a recycled segment");
 }

@@ -2,6 +2,8 @@
 //! payload is a function of their seq, flushes every few records, and after each successful
 //! flush prints the durable seq on its own line. The test SIGKILLs it at a random moment and
 //! checks that everything it printed survived. It exits by itself after `RECORDS_MAX` records.
+//! Half the seeds run retention after every flush, so later segments recycle retired files
+//! and kills land in segments holding stale records.
 //!
 //! Usage: payu-journal-crash-child <journal dir> <seed>
 
@@ -17,6 +19,8 @@ const RECORDS_MAX: u64 = 3_000;
 const BATCH_LEN_MAX: u64 = 16;
 /// Small segments, so runs roll over (and get killed during) segment creation.
 const SEGMENT_BYTES: u64 = 64 << 10;
+/// With retention, the records kept before the durable seq (about two segments).
+const RETAINED_RECORDS: u64 = 400;
 
 /// The payload of `seq`: its bytes repeated 1 to 61 times. The test computes the same.
 fn payload(seq: u64) -> Vec<u8> {
@@ -41,6 +45,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut stdout = std::io::stdout().lock();
     let mut appended = 0;
     let pipelined = (rng >> 1) % 2 == 1; // bit 0 picked the write mode
+    let retention = (rng >> 2) % 2 == 1;
     while appended < RECORDS_MAX {
         rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let batch = 1 + (rng >> 33) % BATCH_LEN_MAX;
@@ -59,6 +64,9 @@ fn main() -> Result<(), Box<dyn Error>> {
             }
             false => journal.flush()?,
         };
+        if retention && durable > RETAINED_RECORDS {
+            journal.remove_covered(durable - RETAINED_RECORDS)?;
+        }
         writeln!(stdout, "{durable}")?;
         stdout.flush()?;
     }
