@@ -40,7 +40,7 @@ use payu_gateway::pipeline::{
 };
 use payu_journal::{
     Entry, FlushMode, Journal, JournalConfig, MmapStorage, SEGMENT_BYTES_MIN, SEGMENT_HEADER_LEN,
-    encode_entry, record_len,
+    SegmentHeader, SegmentRead, Storage, StorageReader, encode_entry, record_len,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot::error::TryRecvError;
@@ -129,6 +129,11 @@ pub struct PipelineArgs {
     /// Journal segment size in MiB (the node's default is 128).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=SEGMENT_MIB_MAX))]
     pub segment_mib: u64,
+    /// Retire the setup's journal segments before the timed phase, as a node's retention does
+    /// once a snapshot covers them: the timed phase then rolls into recycled segments, as a
+    /// node's does in steady state. Without it every new segment is zero-filled.
+    #[arg(long)]
+    pub retire_setup: bool,
 }
 
 /// The wait strategies to measure, one scenario each, in order.
@@ -193,6 +198,7 @@ pub struct Settings {
     pub seed: u64,
     pub flush_mode: FlushMode,
     pub segment_bytes: u64,
+    pub retire_setup: bool,
     pub baseline_flushes: Range<u64>,
 }
 
@@ -219,6 +225,7 @@ impl Settings {
             seed: args.seed,
             flush_mode: args.flush_mode.into(),
             segment_bytes: args.segment_mib << 20,
+            retire_setup: args.retire_setup,
             baseline_flushes: BASELINE_FLUSHES_MIN..BASELINE_FLUSHES_MAX,
         }
     }
@@ -294,6 +301,7 @@ fn context_fields(settings: &Settings, workload: &Workload, dir: &Path) -> Value
             None => "Transfer",
         },
         "segment_bytes": settings.segment_bytes,
+        "retire_setup": settings.retire_setup,
         "flush_mode": flush_mode_name(settings.flush_mode),
         "dir": dir.display().to_string(),
         "filesystem": report::filesystem(dir),
@@ -383,9 +391,13 @@ fn run_scenario(
         .with_context(|| format!("creating {}", journal_dir.display()))?;
     let commands = workload.commands();
     let setup_started = Instant::now();
-    let (engine, journal, flush_backend) = set_up(settings, commands, &journal_dir)?;
+    let (engine, mut journal, flush_backend) = set_up(settings, commands, &journal_dir)?;
     let setup_seconds = setup_started.elapsed().as_secs_f64();
     let setup_records = engine.last_seq();
+    let setup_segments_retired = match settings.retire_setup {
+        true => journal.remove_covered(setup_records)?.len(),
+        false => 0,
+    };
 
     eprintln!(
         "payu-bench pipeline: wait {}: {} commands ({} transfers) from {} producers",
@@ -433,6 +445,7 @@ fn run_scenario(
         "the metrics count {} committed commands, expected {commands}",
         flushed.commands
     );
+    let rolls = Rolls::count(&journal_dir, setup_records)?;
     if !settings.keep {
         std::fs::remove_dir_all(&journal_dir)
             .with_context(|| format!("removing {}", journal_dir.display()))?;
@@ -458,7 +471,40 @@ fn run_scenario(
         batch_bytes,
         device_written,
         snapshot,
+        setup_segments_retired,
+        rolls,
     }))
+}
+
+/// The segments the timed phase created (those starting after the setup's records), read
+/// back from their headers: how many reuse a retired segment's file.
+struct Rolls {
+    segments: usize,
+    recycled: usize,
+}
+
+impl Rolls {
+    fn count(journal_dir: &Path, setup_records: u64) -> anyhow::Result<Rolls> {
+        let storage = MmapStorage::open(journal_dir, FlushMode::Syscall)
+            .with_context(|| format!("opening {} to count rolls", journal_dir.display()))?;
+        let reader = storage.reader();
+        let mut rolls = Rolls {
+            segments: 0,
+            recycled: 0,
+        };
+        for segment in storage.segments()? {
+            if segment <= setup_records {
+                continue;
+            }
+            let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+            reader.open(segment)?.read_at(0, &mut header)?;
+            let header = SegmentHeader::decode(&header)
+                .map_err(|reason| anyhow::anyhow!("segment {segment}: {reason}"))?;
+            rolls.segments += 1;
+            rolls.recycled += usize::from(header.recycled);
+        }
+        Ok(rolls)
+    }
 }
 
 /// What a snapshot of the final engine costs: the copy the engine thread waits for (into fresh
@@ -979,6 +1025,8 @@ struct ScenarioMeasured<'a> {
     batch_bytes: u64,
     device_written: Option<u64>,
     snapshot: SnapshotCost,
+    setup_segments_retired: usize,
+    rolls: Rolls,
 }
 
 fn scenario_report(m: ScenarioMeasured<'_>) -> Value {
@@ -1049,6 +1097,14 @@ fn scenario_report(m: ScenarioMeasured<'_>) -> Value {
             commit from the same metrics; fdatasync_*: pwrite of mean_batch_bytes then fdatasync \
             of a preallocated file in the same directory, fdatasync alone timed",
     });
+    let rolls = json!({
+        "setup_segments_retired": m.setup_segments_retired,
+        "segments_rolled": m.rolls.segments,
+        "segments_recycled": m.rolls.recycled,
+        "segments_basis": "segments_rolled: journal segments the timed phase started; \
+            segments_recycled: of them, those reusing a retired segment's file (its header's \
+            flag), which --retire-setup provides as a node's retention does",
+    });
     let snapshot = json!({
         "snapshot_copy_ms": m.snapshot.copy_ms,
         "snapshot_copy_reused_ms": m.snapshot.copy_reused_ms,
@@ -1063,7 +1119,7 @@ fn scenario_report(m: ScenarioMeasured<'_>) -> Value {
             encode_sized: into one sized from the last snapshot, as every later one)",
     });
     report::merge(
-        report::merge(fields, snapshot),
+        report::merge(report::merge(fields, rolls), snapshot),
         driven.commit_latency.summary(),
     )
 }
@@ -1090,6 +1146,7 @@ mod tests {
             seed: 5,
             flush_mode: FlushMode::Auto,
             segment_bytes: 256 << 10,
+            retire_setup: false,
             baseline_flushes: 10..20,
         }
     }
@@ -1155,6 +1212,33 @@ mod tests {
             assert!(line["target_met"].is_boolean() && line["ledger_verified"] == true);
             assert_eq!(line["setup_records"], 1 + 2 * 64);
             assert!(line["record_bytes"].as_u64().is_some_and(|b| b > 64));
+        }
+    }
+
+    #[test]
+    fn retiring_the_setup_makes_the_timed_phase_roll_into_recycled_segments() {
+        // --retire-setup: every segment retention frees is reused by a later roll (the timed
+        // phase rolls more often than the setup's segments last); without it, none is.
+        for retire in [false, true] {
+            let parent = tempfile::tempdir().expect("temp dir");
+            let mut settings = tiny_settings(parent.path(), None);
+            settings.waits = vec![WaitStrategy::Park];
+            settings.segment_bytes = SEGMENT_BYTES_MIN;
+            settings.retire_setup = retire;
+            let mut out = Vec::new();
+            run_with(&settings, &mut out).expect("the tiny run succeeds");
+            let line: Value = serde_json::from_slice(&out).expect("one JSON line");
+            let count = |field: &str| line[field].as_u64().expect(field);
+            let (retired, rolled) = (count("setup_segments_retired"), count("segments_rolled"));
+            assert!(rolled > 10, "{rolled} rolls");
+            match retire {
+                true => {
+                    assert!(retired >= 2, "{retired} setup segments retired");
+                    assert!(rolled > retired);
+                    assert_eq!(count("segments_recycled"), retired);
+                }
+                false => assert_eq!((retired, count("segments_recycled")), (0, 0)),
+            }
         }
     }
 
