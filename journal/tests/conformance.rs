@@ -269,6 +269,28 @@ fn pipelined_flush_covers_exactly_what_was_appended_before_it_started<H: Harness
     check_journal(&journal, &model, 1);
 }
 
+/// Opens the journal after a crash in `round`: it holds at least every record up to `durable`,
+/// and whatever survived beyond it is exactly what was written (checked against `model`,
+/// from the journal's first seq). Then `model` and `durable` forget what recovery cut.
+fn reopen_after_crash<H: Harness>(
+    harness: &H,
+    model: &mut Model,
+    durable: &mut u64,
+    round: usize,
+) -> Journal<H::S> {
+    let (journal, recovery) = open(harness);
+    assert!(
+        recovery.last_seq >= *durable,
+        "round {round}: recovered {} < durable {durable}",
+        recovery.last_seq
+    );
+    assert!(recovery.last_seq < model.next_seq(), "nothing invented");
+    check_journal(&journal, model, journal.first_seq());
+    model.truncate(recovery.last_seq);
+    *durable = recovery.last_seq;
+    journal
+}
+
 fn crash_keeps_every_flushed_record_and_nothing_garbage<H: Harness>() {
     // Proves: after any crash every record up to the last flush is intact, and whatever else survives is valid and continues the chain. Flushes are `flush`, `flush_now`, or `flush_now` right after a `flush_start` still in flight; readers see a flushed record at once.
     let mut harness = H::fresh(3);
@@ -276,17 +298,7 @@ fn crash_keeps_every_flushed_record_and_nothing_garbage<H: Harness>() {
     let mut model = Model::default();
     let mut durable = 0;
     for round in 0..16 {
-        let (mut journal, recovery) = open(&harness);
-        assert!(
-            recovery.last_seq >= durable,
-            "round {round}: recovered {} < durable {durable}",
-            recovery.last_seq
-        );
-        assert!(recovery.last_seq < model.next_seq(), "nothing invented");
-        // Whatever survived beyond the durable seq must be exactly what was written.
-        check_journal(&journal, &model, 1);
-        model.truncate(recovery.last_seq);
-        durable = recovery.last_seq;
+        let mut journal = reopen_after_crash(&harness, &mut model, &mut durable, round);
         for _ in 0..rng.below(120) {
             model.append(&mut journal, varied_len(&mut rng));
             if rng.chance(1, 8) {
@@ -318,16 +330,7 @@ fn recycled_segments_keep_every_flushed_record_across_crashes<H: Harness>() {
     let mut durable = 0;
     let mut recycled = BTreeSet::new();
     for round in 0..24 {
-        let (mut journal, recovery) = open(&harness);
-        assert!(
-            recovery.last_seq >= durable,
-            "round {round}: recovered {} < durable {durable}",
-            recovery.last_seq
-        );
-        assert!(recovery.last_seq < model.next_seq(), "nothing invented");
-        check_journal(&journal, &model, journal.first_seq());
-        model.truncate(recovery.last_seq);
-        durable = recovery.last_seq;
+        let mut journal = reopen_after_crash(&harness, &mut model, &mut durable, round);
         for _ in 0..100 + rng.below(200) {
             model.append(&mut journal, varied_len(&mut rng));
             if rng.chance(1, 6) {
