@@ -94,7 +94,7 @@ pub struct PipelineSection {
     pub snapshot_every_records: u64,
     /// Also snapshot after this many journal bytes (0: no byte bound).
     pub snapshot_every_bytes: u64,
-    /// Delete journal segments that the oldest kept snapshot covers.
+    /// Retire journal segments that the oldest kept snapshot covers (recycled or deleted).
     pub retention: bool,
 }
 

@@ -93,7 +93,8 @@ pub struct PipelineConfig {
     pub snapshot_every_bytes: u64,
     /// On shutdown, take a snapshot if anything was applied since the last one.
     pub snapshot_on_shutdown: bool,
-    /// Delete journal segments covered by the oldest kept snapshot.
+    /// Retire journal segments covered by the oldest kept snapshot (their files are recycled
+    /// by later segments, up to the journal's `RECYCLED_BYTES_MAX`, or deleted).
     pub retention: bool,
 }
 
