@@ -7,7 +7,8 @@
 //! queues more than a few hundred KiB at the disk in front of the journal's fdatasyncs.
 //!
 //! Retired segments are recycled instead of deleted (`WriteMode::Pwrite`, no archive): their
-//! files wait, up to `RECYCLED_BYTES_MAX`, for `create` to rename one into the next segment.
+//! files wait, up to `RECYCLED_BYTES_MAX`, for `create` to rename one into the next segment,
+//! across restarts too.
 //! Their blocks are allocated and written already, so a roll into one costs no zero fill at
 //! all, and the fill's second write of every journal byte is gone from a node whose retention
 //! runs. The journal handles the stale bytes such a file holds (segment.rs).
@@ -29,6 +30,8 @@ use crate::storage::{Created, SegmentRead, Storage, StorageReader};
 const SEGMENT_SUFFIX: &str = ".journal";
 const SPARE_PREFIX: &str = "spare-";
 const SPARE_SUFFIX: &str = ".journal.tmp";
+/// Retired segment files waiting to be recycled: `recycled-<pid>-<n>.journal.tmp`.
+const RECYCLED_PREFIX: &str = "recycled-";
 /// Segments kept mapped at once; older ones are unmapped after a flush.
 const MAPPED_SEGMENTS_MAX: usize = 4;
 /// Zero-fill write size for `WriteMode::Map`. Small on purpose: ext4 caches a file in folios
@@ -108,13 +111,15 @@ impl MmapStorage {
         let probe = File::open(dir)?;
         let flusher = Flusher::choose(mode, &probe)?;
         remove_spares(dir)?; // a spare from an earlier run is untrusted
+        // Recycled files are whole retired segments, so a restarted node keeps reusing them.
+        let recycled = adopt_recycled(dir)?;
         Ok(MmapStorage {
             dir: dir.to_path_buf(),
             archive: None,
             mapped: BTreeMap::new(),
             flusher,
             spare: None,
-            recycled: VecDeque::new(),
+            recycled,
             write_mode: WriteMode::default(),
             pending: Pending::default(),
         })
@@ -357,8 +362,8 @@ impl Storage for MmapStorage {
             self.pending.bytes.clear();
         }
         self.mapped.remove(&segment);
-        // A spare's name: out of the segment list at once, and removed at the next open.
-        let recycled = spare_path(&self.dir);
+        // Out of the segment list at once; a later open adopts it again (`adopt_recycled`).
+        let recycled = unique_path(&self.dir, RECYCLED_PREFIX);
         fs::rename(self.path(segment), &recycled)?;
         self.sync_dir()?;
         self.recycled.push_back((recycled, len));
@@ -420,12 +425,40 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// A spare file name no other spare maker uses: the thread of a dropped storage may still be
 /// filling its own spare while a reopened storage makes a new one in the same directory.
 fn spare_path(dir: &Path) -> PathBuf {
-    static SPARE_MAKERS: AtomicU64 = AtomicU64::new(0);
-    let maker = SPARE_MAKERS.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(
-        "{SPARE_PREFIX}{}-{maker}{SPARE_SUFFIX}",
-        std::process::id()
-    ))
+    unique_path(dir, SPARE_PREFIX)
+}
+
+/// `<prefix><pid>-<n>.journal.tmp`, with `n` unique in this process.
+fn unique_path(dir: &Path, prefix: &str) -> PathBuf {
+    static NAMES: AtomicU64 = AtomicU64::new(0);
+    let n = NAMES.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{prefix}{}-{n}{SPARE_SUFFIX}", std::process::id()))
+}
+
+/// The recycled files an earlier run left, up to `RECYCLED_BYTES_MAX`; the rest are deleted.
+/// Each was a whole retired segment when it was renamed here (`retire`).
+fn adopt_recycled(dir: &Path) -> io::Result<VecDeque<(PathBuf, u64)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(RECYCLED_PREFIX) && name.ends_with(SPARE_SUFFIX) {
+            found.push((entry.path(), entry.metadata()?.len()));
+        }
+    }
+    found.sort();
+    let mut adopted = VecDeque::new();
+    let mut bytes = 0;
+    for (path, len) in found {
+        if bytes + len <= RECYCLED_BYTES_MAX {
+            bytes += len;
+            adopted.push_back((path, len));
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(adopted)
 }
 
 /// Removes leftover spares. Best effort: a leftover is never used, only wasted space.
@@ -525,6 +558,46 @@ impl SpareMaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retired_segments_are_recycled_by_later_creates_even_after_a_reopen() {
+        const LEN: u64 = 64 << 10;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = || MmapStorage::open(dir.path(), FlushMode::Syscall).expect("open");
+        let mut storage = open();
+        for segment in 1..=3 {
+            assert_eq!(
+                storage.create(segment, LEN).expect("create"),
+                Created::Zeroed
+            );
+            storage.write(segment, 0, &[0xA5; 64]).expect("write");
+            storage.flush(segment).expect("flush");
+        }
+        storage.retire(1).expect("retire");
+        storage.retire(2).expect("retire");
+        assert_eq!(storage.segments().expect("list"), [3]);
+        drop(storage);
+        // A new process finds both retired files and reuses them before zero-filling.
+        let mut storage = open();
+        assert_eq!(storage.create(4, LEN).expect("create"), Created::Recycled);
+        let mut old = [0u8; 64];
+        let recycled = storage.reader().open(4).expect("open 4");
+        SegmentRead::read_at(&recycled, 0, &mut old).expect("read");
+        assert_eq!(
+            old, [0xA5; 64],
+            "a recycled segment keeps the retired bytes"
+        );
+        assert_eq!(storage.create(5, LEN * 2).expect("create"), Created::Zeroed);
+        assert_eq!(storage.create(6, LEN).expect("create"), Created::Recycled);
+        assert_eq!(storage.create(7, LEN).expect("create"), Created::Zeroed);
+        assert_eq!(storage.segments().expect("list"), [3, 4, 5, 6, 7]);
+        // With an archive, retired segments are archived, never recycled.
+        let archive = tempfile::tempdir().expect("archive");
+        let mut storage = open().with_archive(archive.path()).expect("archive");
+        storage.retire(3).expect("retire");
+        assert!(segment_path(archive.path(), 3).exists());
+        assert_eq!(storage.create(8, LEN).expect("create"), Created::Zeroed);
+    }
 
     #[test]
     fn a_fill_writes_zeros_over_old_content_at_any_length() {
