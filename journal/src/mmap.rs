@@ -248,7 +248,8 @@ impl Storage for MmapStorage {
 
     fn create(&mut self, segment: u64, len: u64) -> io::Result<Created> {
         let path = self.path(segment);
-        if let Some(index) = self.recycled.iter().position(|&(_, l)| l == len) {
+        let reusable = self.recycled.iter().position(|&(_, l)| l == len);
+        if let Some(index) = reusable.filter(|_| self.recycles()) {
             let (recycled, _) = self.recycled.remove(index).expect("found above");
             fs::rename(recycled, &path)?;
             self.sync_dir()?;
@@ -597,6 +598,11 @@ mod tests {
         storage.retire(3).expect("retire");
         assert!(segment_path(archive.path(), 3).exists());
         assert_eq!(storage.create(8, LEN).expect("create"), Created::Zeroed);
+        // A file left for recycling waits for a pwrite-mode storage: maps never reuse one.
+        open().retire(4).expect("retire");
+        let mut mapped = open().with_write_mode(WriteMode::Map);
+        assert_eq!(mapped.create(9, LEN).expect("create"), Created::Zeroed);
+        assert_eq!(open().create(10, LEN).expect("create"), Created::Recycled);
     }
 
     #[test]
