@@ -351,10 +351,8 @@ impl<S: Storage> Journal<S> {
             match found {
                 Found::End => break,
                 Found::Invalid(error) => {
-                    // In the last recycled segment, stale bytes end the data; the evidence
-                    // check below tells a torn tail from damage.
-                    if (last && self.tail_recycled) || self.next_segment_continues(reader, index)? {
-                        break; // stray bytes in the unused end: cleared below
+                    if self.data_ends_here(reader, index, last)? {
+                        break; // stray bytes in the unused end: cleared or marked below
                     }
                     return Ok(Scan::Damaged {
                         offset,
@@ -363,9 +361,7 @@ impl<S: Storage> Journal<S> {
                 }
                 Found::Record { header, bytes } => {
                     if let Err(reason) = self.check_continues(&header) {
-                        if (last && self.tail_recycled)
-                            || self.next_segment_continues(reader, index)?
-                        {
+                        if self.data_ends_here(reader, index, last)? {
                             break;
                         }
                         return Ok(Scan::Damaged { offset, reason });
@@ -445,6 +441,19 @@ impl<S: Storage> Journal<S> {
             .map_err(io_error(|| format!("marking the end of segment {segment}")))?;
         self.dirty.insert(segment);
         Ok(len)
+    }
+
+    /// Whether bytes at the scan position that are not the next record end the data of the
+    /// segment at `index`: in the last segment if it is recycled (stale bytes follow its data;
+    /// the evidence check after the scan tells a torn tail from damage), elsewhere if the next
+    /// segment starts right here.
+    fn data_ends_here(
+        &self,
+        reader: &S::Reader,
+        index: usize,
+        last: bool,
+    ) -> Result<bool, JournalError> {
+        Ok((last && self.tail_recycled) || self.next_segment_continues(reader, index)?)
     }
 
     /// Whether the segment after `index` starts exactly where the scan stands (its first seq
