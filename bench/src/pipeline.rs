@@ -40,7 +40,7 @@ use payu_gateway::pipeline::{
 };
 use payu_journal::{
     Entry, FlushMode, Journal, JournalConfig, MmapStorage, SEGMENT_BYTES_MIN, SEGMENT_HEADER_LEN,
-    SegmentHeader, SegmentRead, Storage, StorageReader, encode_entry, record_len,
+    Storage, encode_entry, read_segment_header, record_len,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot::error::TryRecvError;
@@ -496,12 +496,8 @@ impl Rolls {
             if segment <= setup_records {
                 continue;
             }
-            let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-            reader.open(segment)?.read_at(0, &mut header)?;
-            let header = SegmentHeader::decode(&header)
-                .map_err(|reason| anyhow::anyhow!("segment {segment}: {reason}"))?;
             rolls.segments += 1;
-            rolls.recycled += usize::from(header.recycled);
+            rolls.recycled += usize::from(read_segment_header(&reader, segment)?.recycled);
         }
         Ok(rolls)
     }

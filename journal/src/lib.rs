@@ -35,6 +35,7 @@ pub use record::{
 };
 pub use segment::{
     END_MARKER_ALIGN, SEGMENT_HEADER_LEN, SEGMENT_RECYCLED, SegmentHeader, end_marker_len,
+    read_segment_header,
 };
 pub use sim::{SIM_SECTOR_BYTES, SimStorage};
 pub use snapshot::{SNAPSHOTS_KEPT, SnapshotFile, SnapshotStore};

@@ -24,7 +24,7 @@
 use std::io;
 
 use crate::record::{HEADER_LEN, RecordError, RecordHeader, record_len};
-use crate::storage::SegmentRead;
+use crate::storage::{SegmentRead, StorageReader};
 
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PAYUSEG1";
@@ -52,6 +52,20 @@ pub struct SegmentHeader {
     pub prev_hash: u128,
     /// The segment reuses a retired segment's file (`SEGMENT_RECYCLED`).
     pub recycled: bool,
+}
+
+/// Reads and decodes `segment`'s header (for tools and tests: whether a segment is recycled).
+/// A header that does not decode is an `InvalidData` error.
+pub fn read_segment_header<R: StorageReader>(
+    reader: &R,
+    segment: u64,
+) -> io::Result<SegmentHeader> {
+    let mut bytes = [0u8; SEGMENT_HEADER_LEN as usize];
+    reader.open(segment)?.read_at(0, &mut bytes)?;
+    SegmentHeader::decode(&bytes).map_err(|reason| {
+        let reason = format!("{}: {reason}", reader.describe(segment));
+        io::Error::new(io::ErrorKind::InvalidData, reason)
+    })
 }
 
 /// The zeros a recycled segment's writer puts at `offset`, the end of its data: at least a

@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::{Model, Rng, SEGMENT_BYTES, check_journal, config, hash_of, image, layout_of};
 use payu_journal::{
     FlushMode, HEADER_LEN, Journal, JournalConfig, JournalError, MmapStorage, READERS_MAX,
-    RecordHeader, Recovery, SEGMENT_BYTES_MIN, SEGMENT_HEADER_LEN, SegmentHeader, SegmentRead,
-    SimStorage, Storage, StorageReader, WriteMode, end_marker_len,
+    RecordHeader, Recovery, SEGMENT_BYTES_MIN, SegmentRead, SimStorage, Storage, StorageReader,
+    WriteMode, end_marker_len, read_segment_header,
 };
 
 /// A storage under test and what a crash does to it.
@@ -363,21 +363,14 @@ fn recycled_segments_keep_every_flushed_record_across_crashes<H: Harness>() {
 /// The segments of `journal` whose header says they reuse a retired segment's file.
 fn recycled_segments<S: Storage>(journal: &Journal<S>) -> Vec<u64> {
     let reader = journal.storage().reader();
-    let mut recycled = Vec::new();
-    for segment in segments(journal) {
-        let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-        reader
-            .open(segment)
-            .and_then(|s| s.read_at(0, &mut header))
-            .expect("read a segment header");
-        if SegmentHeader::decode(&header)
-            .expect("a valid header")
-            .recycled
-        {
-            recycled.push(segment);
-        }
-    }
-    recycled
+    segments(journal)
+        .into_iter()
+        .filter(|&segment| {
+            read_segment_header(&reader, segment)
+                .expect("a valid segment header")
+                .recycled
+        })
+        .collect()
 }
 
 fn reader_sees_only_durable_records_and_tails_new_ones<H: Harness>() {

@@ -14,8 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{Rng, hash_of};
 use payu_journal::{
-    FlushMode, Journal, JournalConfig, MmapStorage, Recovery, SEGMENT_HEADER_LEN, SegmentHeader,
-    SegmentRead, Storage, StorageReader,
+    FlushMode, Journal, JournalConfig, MmapStorage, Recovery, Storage, read_segment_header,
 };
 
 const ITERATIONS: usize = 30;
@@ -111,13 +110,9 @@ fn verify(dir: &std::path::Path, durable: u64, iteration: usize) -> (Recovery, b
         .expect("segments")
         .last()
         .expect("a segment");
-    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    storage
-        .reader()
-        .open(last)
-        .and_then(|s| s.read_at(0, &mut header))
-        .expect("read the last segment's header");
-    let recycled = SegmentHeader::decode(&header).expect("header").recycled;
+    let recycled = read_segment_header(&storage.reader(), last)
+        .expect("the last segment's header")
+        .recycled;
     (recovery, recycled)
 }
 
