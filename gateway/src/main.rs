@@ -11,6 +11,9 @@ use payu_gateway::auth::{
 };
 use payu_gateway::config::NodeConfig;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "payu",
@@ -57,6 +60,10 @@ struct ServeArgs {
     /// How the idle engine thread waits: park, yield, spin or sleep:<micros>.
     #[arg(long, env = "PAYU_WAIT_STRATEGY")]
     wait_strategy: Option<String>,
+    /// Group commit linger in microseconds (0: off): under concurrent load, a small group
+    /// commit waits up to this long for more commands before its fdatasync.
+    #[arg(long, env = "PAYU_COMMIT_LINGER_US")]
+    commit_linger_us: Option<u64>,
     /// Journal flush backend: auto, io_uring or syscall.
     #[arg(long, env = "PAYU_FLUSH")]
     flush: Option<String>,
@@ -161,6 +168,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(value) = args.wait_strategy {
         config.pipeline.wait_strategy = value;
+    }
+    if let Some(value) = args.commit_linger_us {
+        config.pipeline.commit_linger_us = value;
     }
     if let Some(value) = args.flush {
         config.journal.flush = value;
