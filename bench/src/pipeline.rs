@@ -35,8 +35,8 @@ use payu_engine::{
 };
 use payu_gateway::metrics::Metrics;
 use payu_gateway::pipeline::{
-    Pipeline, PipelineConfig, RING_SIZE_DEFAULT, Reply, ReplyReceiver, SubmitError, Submitter,
-    WaitStrategy, wall_clock_nanos,
+    COMMIT_LINGER_COMMANDS_DEFAULT, Pipeline, PipelineConfig, RING_SIZE_DEFAULT, Reply,
+    ReplyReceiver, SubmitError, Submitter, WaitStrategy, wall_clock_nanos,
 };
 use payu_journal::{
     Entry, FlushMode, Journal, JournalConfig, MmapStorage, SEGMENT_BYTES_MIN, SEGMENT_HEADER_LEN,
@@ -257,6 +257,10 @@ impl Settings {
             snapshot_every_bytes: 0,
             snapshot_on_shutdown: false,
             retention: false,
+            // No group commit linger: it trades latency for CPU per command under many
+            // concurrent HTTP clients; the bench measures the write path's own latency.
+            commit_linger: Duration::ZERO,
+            commit_linger_commands: COMMIT_LINGER_COMMANDS_DEFAULT,
         }
     }
 }

@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use crate::auth::AuthConfig;
 use crate::pipeline::{
-    PipelineConfig, RING_SIZE_DEFAULT, RING_SIZE_MAX, RING_SIZE_MIN, WaitStrategy,
+    BATCH_COMMANDS_MAX, COMMIT_LINGER_MAX, PipelineConfig, RING_SIZE_DEFAULT, RING_SIZE_MAX,
+    RING_SIZE_MIN, WaitStrategy,
 };
 use crate::ratelimit::RateLimitConfig;
 use crate::readmodel::ReadModelConfig;
@@ -96,6 +97,11 @@ pub struct PipelineSection {
     pub snapshot_every_bytes: u64,
     /// Retire journal segments that the oldest kept snapshot covers (recycled or deleted).
     pub retention: bool,
+    /// Group commit linger in microseconds (0: off): after a group commit of two or more
+    /// commands, a smaller batch waits up to this long for more before its fdatasync.
+    pub commit_linger_us: u64,
+    /// A lingering batch stops waiting at this many commands.
+    pub commit_linger_commands: usize,
 }
 
 impl Default for PipelineSection {
@@ -107,6 +113,8 @@ impl Default for PipelineSection {
             snapshot_every_records: defaults.snapshot_every_records,
             snapshot_every_bytes: defaults.snapshot_every_bytes,
             retention: defaults.retention,
+            commit_linger_us: defaults.commit_linger.as_micros() as u64,
+            commit_linger_commands: defaults.commit_linger_commands,
         }
     }
 }
@@ -209,6 +217,17 @@ impl NodeConfig {
                 "pipeline.ring_size must be within {RING_SIZE_MIN}..={RING_SIZE_MAX}"
             ));
         }
+        if self.pipeline.commit_linger_us > COMMIT_LINGER_MAX.as_micros() as u64 {
+            return Err(format!(
+                "pipeline.commit_linger_us must be at most {} (microseconds)",
+                COMMIT_LINGER_MAX.as_micros()
+            ));
+        }
+        if !(2..=BATCH_COMMANDS_MAX).contains(&self.pipeline.commit_linger_commands) {
+            return Err(format!(
+                "pipeline.commit_linger_commands must be within 2..={BATCH_COMMANDS_MAX}"
+            ));
+        }
         Ok(())
     }
 
@@ -245,6 +264,8 @@ impl NodeConfig {
             snapshot_every_records: self.pipeline.snapshot_every_records,
             snapshot_every_bytes: self.pipeline.snapshot_every_bytes,
             retention: self.pipeline.retention,
+            commit_linger: Duration::from_micros(self.pipeline.commit_linger_us),
+            commit_linger_commands: self.pipeline.commit_linger_commands,
             ..PipelineConfig::default()
         })
     }
@@ -288,5 +309,28 @@ mod tests {
         assert!(config.validate().is_err());
         let config: NodeConfig = toml::from_str("[journal]\nsegment_bytes = 4096").expect("parses");
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn the_commit_linger_is_bounded() {
+        let parse = |text: &str| {
+            toml::from_str::<NodeConfig>(text)
+                .expect("parses")
+                .validate()
+        };
+        parse("[pipeline]\ncommit_linger_us = 0").expect("off");
+        parse("[pipeline]\ncommit_linger_us = 10000\ncommit_linger_commands = 2").expect("ok");
+        let error = parse("[pipeline]\ncommit_linger_us = 10001").expect_err("too long");
+        assert!(
+            error.contains("commit_linger_us must be at most 10000"),
+            "{error}"
+        );
+        let error = parse("[pipeline]\ncommit_linger_commands = 1").expect_err("too few");
+        assert!(error.contains("commit_linger_commands"), "{error}");
+        parse("[pipeline]\ncommit_linger_commands = 4097").expect_err("more than a batch");
+        let config: NodeConfig =
+            toml::from_str("[pipeline]\ncommit_linger_us = 500").expect("parses");
+        let pipeline = config.pipeline_config().expect("valid");
+        assert_eq!(pipeline.commit_linger, Duration::from_micros(500));
     }
 }

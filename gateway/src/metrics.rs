@@ -344,6 +344,7 @@ pub struct Metrics {
     ring_occupancy: AtomicU64,
     ring_capacity: AtomicU64,
     ring_full: AtomicU64,
+    commit_lingers: AtomicU64,
     gauges: [AtomicU64; Gauge::ALL.len()],
     gauges_set: [AtomicBool; Gauge::ALL.len()],
 }
@@ -386,6 +387,7 @@ impl Metrics {
             ring_occupancy: AtomicU64::new(0),
             ring_capacity: AtomicU64::new(0),
             ring_full: AtomicU64::new(0),
+            commit_lingers: AtomicU64::new(0),
             gauges: std::array::from_fn(|_| AtomicU64::new(0)),
             gauges_set: std::array::from_fn(|_| AtomicBool::new(false)),
         }
@@ -437,6 +439,11 @@ impl Metrics {
     /// A request turned away (503) because the ring was full.
     pub fn ring_full(&self) {
         self.ring_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A group commit waited for more commands (`PipelineConfig::commit_linger`).
+    pub fn commit_lingered(&self) {
+        self.commit_lingers.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A rejection answered, by its stable code (engine `RejectCode::code()` or gateway code).
@@ -591,6 +598,12 @@ impl Metrics {
             "payu_ring_full_total",
             "Requests answered 503 because the ring was full.",
             &self.ring_full,
+        );
+        counter(
+            out,
+            "payu_group_commit_lingers_total",
+            "Group commits that waited up to the commit linger for more commands.",
+            &self.commit_lingers,
         );
         header(
             out,
