@@ -111,6 +111,7 @@ pub struct PipelineConfig {
     /// or until it holds `commit_linger_commands`, before its fdatasync. Fewer, larger group
     /// commits cost less CPU per command (flush, wake-ups, reply hand-offs) at the price of up
     /// to this much added latency. A lone sequential client never waits. Zero turns it off.
+    /// The engine thread parks while it lingers, whatever `wait` says.
     pub commit_linger: Duration,
     /// A lingering batch stops waiting at this many commands (at most `BATCH_COMMANDS_MAX`).
     pub commit_linger_commands: usize,
