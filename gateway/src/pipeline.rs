@@ -54,6 +54,10 @@ pub const COMMIT_LINGER_MAX: Duration = Duration::from_millis(10);
 pub const COMMIT_LINGER_COMMANDS_DEFAULT: usize = 64;
 /// `Waker::wake_at` when the engine thread is not waiting.
 const AWAKE: u64 = u64::MAX;
+/// A group commit slower than this is logged as a warning (with its size), so a stalling disk
+/// shows in the log at the moment it stalls, not only in the flush histogram. Each such line
+/// stands for at least this long a stall, so there are at most 20 a second.
+const SLOW_FLUSH_WARN: Duration = Duration::from_millis(50);
 
 /// How the engine thread waits when the ring is empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -677,7 +681,16 @@ impl<S: Storage> EngineWorker<S> {
             .flush_wait()
             .map_err(|error| format!("journal flush: {error}"))?;
         let now = Instant::now();
-        self.metrics.flush(now - self.flush_started);
+        let took = now - self.flush_started;
+        self.metrics.flush(took);
+        if took >= SLOW_FLUSH_WARN {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                commands = self.in_flight.len(),
+                durable_seq = durable,
+                "slow journal group commit"
+            );
+        }
         self.metrics
             .committed(self.in_flight.len() as u64, self.in_flight_transfers);
         self.metrics.batch(self.in_flight.len());
