@@ -225,6 +225,15 @@ impl Session {
             progress: !self.options.quiet,
         };
         self.next_index += plan.ops();
+        // Room for every acknowledgement the phase can book, made now rather than by doubling
+        // in the middle of the timed phase (see `Book::reserve`).
+        let acks = plan
+            .ops()
+            .saturating_mul(u64::from(self.options.transfers_per_op()));
+        self.book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(acks);
         let op = Arc::new(move |index: u64| {
             let executor = Arc::clone(&executor);
             async move { executor.execute(index).await }
