@@ -1,7 +1,8 @@
 //! The node's HTTP API as a client sees it: keep-alive HTTP clients (the load's writes go
-//! through the lean HTTP/1.1 client of http1.rs; setup, resolution, the audit and `--http2`
-//! through `reqwest`), every answer classified as done (2xx), refused (4xx: a definitive answer, nothing was applied unless the
-//! ledger says so) or unknown (5xx, timeout, connection error: it may or may not have been
+//! through the lean HTTP/1.1 client of http1.rs, or with `--http2` the lean HTTP/2 client of
+//! http2.rs; setup, resolution and the audit through `reqwest`), every answer classified as
+//! done (2xx), refused (4xx: a definitive answer, nothing was applied unless the ledger says
+//! so) or unknown (5xx, timeout, connection error: it may or may not have been
 //! applied), and the JSON shapes this tool reads back (docs/openapi.json).
 //!
 //! Unknown outcomes are resolved the way a real client must: by sending the same request with
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::http1::{Http1, LABEL_BODY, LABEL_CONNECT, LABEL_TIMEOUT, LABEL_TRANSPORT};
+use crate::http2::Http2;
 
 /// Sends of one request while resolving an unknown outcome, at most.
 pub const RESOLVE_ATTEMPTS_MAX: u32 = 40;
@@ -99,12 +101,19 @@ pub struct Api {
     /// The load's paths, parsed once: a URL parsed per request (IDNA included) showed up in
     /// the client's profile.
     hot_urls: Vec<(&'static str, reqwest::Url)>,
-    /// The load's own client (HTTP/1.1; `None` with `--http2`, which stays on reqwest).
-    live: Option<Arc<Http1>>,
+    /// The load's own client.
+    live: Live,
+}
+
+/// The lean client the load's requests go through.
+#[derive(Clone)]
+enum Live {
+    Http1(Arc<Http1>),
+    Http2(Arc<Http2>),
 }
 
 /// Paths every operation of the load uses.
-const HOT_PATHS: [&str; 4] = [
+pub(crate) const HOT_PATHS: [&str; 4] = [
     "/v1/transfers",
     "/v1/transfers/batch",
     "/v1/holds",
@@ -120,6 +129,8 @@ pub struct ApiOptions {
     /// Per request during the load.
     pub timeout: Duration,
     pub http2: bool,
+    /// With `http2`: connections per lane.
+    pub http2_connections: usize,
 }
 
 impl Api {
@@ -149,8 +160,13 @@ impl Api {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let live = match options.http2 {
-            true => None,
-            false => Some(Http1::new(&base, &options.token, options.timeout)?),
+            true => Live::Http2(Http2::new(
+                &base,
+                &options.token,
+                options.timeout,
+                options.http2_connections,
+            )?),
+            false => Live::Http1(Http1::new(&base, &options.token, options.timeout)?),
         };
         Ok(Api {
             client: builder.build().context("building the HTTP client")?,
@@ -166,8 +182,8 @@ impl Api {
     /// part of the load: through the lean HTTP/1.1 client unless `--http2`.
     pub async fn post(&self, path: &str, key: Option<&str>, body: String) -> Answer {
         match &self.live {
-            Some(live) => live.post(path, key, body.as_bytes()).await,
-            None => self.post_within(path, key, body, None).await,
+            Live::Http1(live) => live.post(path, key, body.as_bytes()).await,
+            Live::Http2(live) => live.post(path, key, body.as_bytes()).await,
         }
     }
 

@@ -26,7 +26,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::runtime::{Handle, Runtime};
+use tokio::runtime::Runtime;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::measure::{Outcome, Recorder, human};
@@ -130,14 +130,7 @@ fn lock(recorder: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
 
 /// Runs one phase on `lanes` (each driven by a thread of its own for the phase) and returns
 /// when every dispatched operation has been answered. `op(i)` performs global operation `i`.
-/// With `spawn_on`, the lanes only keep time and dispatch: the operations run on that runtime
-/// (the `--http2` mode: reqwest's multiplexed connection lives there).
-pub fn run_phase<F, Fut>(
-    lanes: &[Runtime],
-    spawn_on: Option<&Handle>,
-    plan: Plan,
-    op: Arc<F>,
-) -> PhaseResult
+pub fn run_phase<F, Fut>(lanes: &[Runtime], plan: Plan, op: Arc<F>) -> PhaseResult
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
@@ -170,7 +163,6 @@ where
                     let lane = Lane {
                         index: lane,
                         count: lanes.len(),
-                        spawn_on,
                     };
                     runtime.block_on(run_lane(plan, lane, start, op, shared));
                 });
@@ -205,11 +197,10 @@ where
     }
 }
 
-/// Which lane, of how many, and where its operations run.
-struct Lane<'a> {
+/// Which lane, of how many.
+struct Lane {
     index: usize,
     count: usize,
-    spawn_on: Option<&'a Handle>,
 }
 
 /// What the lanes of one phase share.
@@ -225,9 +216,8 @@ struct Shared {
 }
 
 /// One lane's share of the phase: operations `lane`, `lane + lanes`, ... Returns when every
-/// operation of *every* lane has been answered, so a connection one lane opened (a reqwest
-/// client's pool is shared) is driven until no lane needs it any more.
-async fn run_lane<F, Fut>(plan: &Plan, lane: Lane<'_>, start: Instant, op: Arc<F>, shared: &Shared)
+/// operation of *every* lane has been answered, so the phase ends at one moment for all lanes.
+async fn run_lane<F, Fut>(plan: &Plan, lane: Lane, start: Instant, op: Arc<F>, shared: &Shared)
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
@@ -272,10 +262,7 @@ where
             lock(&recorder).answered(intended, lateness, answered, &outcome);
             drop(permit);
         };
-        match lane.spawn_on {
-            None => drop(tokio::spawn(task)),
-            Some(runtime) => drop(runtime.spawn(task)),
-        }
+        drop(tokio::spawn(task));
         i += lanes as u64;
     }
     shared.dispatching.fetch_sub(1, Ordering::SeqCst);

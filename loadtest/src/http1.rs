@@ -28,7 +28,7 @@ use crate::api::{Answer, Body, problem_code};
 /// ends. (Connections in use are bounded by the load's in-flight bound, `--concurrency`.)
 pub const IDLE_CONNECTIONS_MAX: usize = 4096;
 /// Pools: one per lane (driver.rs), and one for every other thread.
-const POOLS: usize = crate::driver::LANES_MAX + 1;
+pub(crate) const POOLS: usize = crate::driver::LANES_MAX + 1;
 
 thread_local! {
     /// The lane this thread drives, if any: a connection belongs to the runtime that opened
@@ -42,7 +42,7 @@ pub fn enter_lane(lane: usize) {
 }
 
 /// The pool of the calling thread.
-fn pool_index() -> usize {
+pub(crate) fn pool_index() -> usize {
     LANE.with(std::cell::Cell::get)
         .map_or(0, |lane| 1 + lane % (POOLS - 1))
 }
@@ -152,22 +152,7 @@ impl Http1 {
     /// A client for `base` (`http://host[:port][/prefix]`), sending `token` as a bearer token
     /// and giving up on a request after `timeout`.
     pub fn new(base: &str, token: &str, timeout: Duration) -> anyhow::Result<Arc<Http1>> {
-        let Some(rest) = base.strip_prefix("http://") else {
-            bail!("{base:?} is not an http:// URL");
-        };
-        let (authority, path_prefix) = match rest.find('/') {
-            Some(at) => (&rest[..at], rest[at..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            bail!("{base:?}: expected http://host[:port]");
-        }
-        let address = authority
-            .to_socket_addrs()
-            .or_else(|_| format!("{authority}:80").to_socket_addrs())
-            .with_context(|| format!("resolving {authority:?}"))?
-            .next()
-            .with_context(|| format!("{authority:?} resolves to no address"))?;
+        let (address, authority, path_prefix) = parse_base(base)?;
         let mut fixed = String::new();
         // Writing into a String cannot fail.
         let _ = write!(
@@ -183,7 +168,7 @@ impl Http1 {
         }
         Ok(Arc::new(Http1 {
             address,
-            path_prefix: path_prefix.to_owned(),
+            path_prefix,
             fixed_headers: fixed.into_bytes(),
             timeout,
             pools: (0..POOLS).map(|_| Mutex::new(Vec::new())).collect(),
@@ -315,7 +300,29 @@ impl Http1 {
     }
 }
 
-fn unknown(label: &str) -> Answer {
+/// A base URL `http://host[:port][/prefix]`: the node's address, the authority as written,
+/// and the prefix ("" for none) without a trailing slash.
+pub(crate) fn parse_base(base: &str) -> anyhow::Result<(SocketAddr, String, String)> {
+    let Some(rest) = base.strip_prefix("http://") else {
+        bail!("{base:?} is not an http:// URL");
+    };
+    let (authority, path_prefix) = match rest.find('/') {
+        Some(at) => (&rest[..at], rest[at..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        bail!("{base:?}: expected http://host[:port]");
+    }
+    let address = authority
+        .to_socket_addrs()
+        .or_else(|_| format!("{authority}:80").to_socket_addrs())
+        .with_context(|| format!("resolving {authority:?}"))?
+        .next()
+        .with_context(|| format!("{authority:?} resolves to no address"))?;
+    Ok((address, authority.to_owned(), path_prefix.to_owned()))
+}
+
+pub(crate) fn unknown(label: &str) -> Answer {
     Answer::Unknown {
         label: label.to_owned(),
     }

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod book;
 pub mod driver;
 pub mod http1;
+pub mod http2;
 pub mod measure;
 pub mod ops;
 pub mod options;
@@ -153,6 +154,7 @@ impl Session {
                 token,
                 timeout: options.timeout,
                 http2: options.http2,
+                http2_connections: options.http2_connections,
             })?
         };
         Ok(Session {
@@ -238,9 +240,7 @@ impl Session {
             let executor = Arc::clone(&executor);
             async move { executor.execute(index).await }
         });
-        // HTTP/2 runs on the client runtime, where reqwest's multiplexed connection lives.
-        let spawn_on = self.options.http2.then(|| self.runtime.handle());
-        let phase = run_phase(&self.lanes, spawn_on, plan, op);
+        let phase = run_phase(&self.lanes, plan, op);
         let missed = missed_objectives(&phase, &self.options);
         Ok(Step { phase, missed })
     }

@@ -73,6 +73,9 @@ pub struct Options {
     /// Speak HTTP/2 with prior knowledge (multiplexed) instead of HTTP/1.1 keep-alive.
     #[arg(long)]
     pub http2: bool,
+    /// With --http2: connections each lane opens, its requests multiplexed over them.
+    #[arg(long, default_value_t = 4, requires = "http2")]
+    pub http2_connections: usize,
 
     /// Step mode: start at --from, add --step every --step-duration, report the highest rate
     /// that met the objectives (--slo-p99, --min-rate-ratio, --max-error-ratio).

@@ -115,7 +115,7 @@ impl Summary<'_> {
                 "refine": o.refine,
                 "batch_size": o.batch_size,
                 "concurrency": o.concurrency, "grace_s": o.grace.as_secs_f64(), "timeout_s": o.timeout.as_secs_f64(),
-                "http2": o.http2, "lanes": s.lane_count(),
+                "http2": o.http2, "http2_connections": o.http2.then_some(o.http2_connections), "lanes": s.lane_count(),
                 "accounts": o.accounts, "funding_idr": o.funding.to_string(), "tier": o.tier,
                 "amount_min_idr": o.amount_min.to_string(), "amount_max_idr": o.amount_max.to_string(),
                 "mix": {"transfer": o.mix.transfer, "hold": o.mix.hold}, "hold_commit_ratio": o.hold_commit_ratio,

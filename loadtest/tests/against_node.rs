@@ -107,6 +107,68 @@ fn a_fixed_rate_run_reaches_its_rate_and_its_audit_passes() {
     );
 }
 
+/// Proves: with `--http2` the load runs over a few multiplexed h2c connections to the real
+/// node (the lean client of http2.rs on the lanes), reaches nearly all of its intended
+/// operations, transfers and holds alike, and the audit of what the node acknowledged passes.
+#[test]
+fn an_http2_run_reaches_its_rate_and_its_audit_passes() {
+    let node = TestNode::start();
+    let out = tempfile::tempdir().expect("output dir");
+    let report = out.path().join("report.json");
+    let report_arg = report.display().to_string();
+    let options = options(
+        &node,
+        &[
+            "--http2",
+            "--http2-connections",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--accounts",
+            "40",
+            "--mix",
+            "transfer=80,hold=20",
+            "--seed",
+            "7",
+            "--report",
+            &report_arg,
+            "--min-rate-ratio",
+            "0",
+            "--max-error-ratio",
+            "1",
+        ],
+    );
+    let status = payu_loadtest::run(options).expect("the run completes");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
+            .expect("JSON");
+    assert_eq!(status, EXIT_PASSED, "exit status; report: {report:#}");
+    assert_eq!(
+        report["settings"]["http2"], true,
+        "{:#}",
+        report["settings"]
+    );
+    assert_eq!(report["settings"]["http2_connections"], 2);
+    let phase = &report["phases"][0];
+    let intended = phase["intended_ops"].as_u64().expect("intended_ops");
+    assert_eq!(intended, 400);
+    let ok = phase["ok"].as_u64().expect("ok");
+    assert!(ok * 10 >= intended * 9, "ok {ok} of {intended}: {phase:#}");
+    assert!(
+        phase["latency_by_kind"]["hold"]["count"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "holds ran"
+    );
+    assert_eq!(
+        report["audit"]["passed"], true,
+        "audit: {:#}",
+        report["audit"]
+    );
+}
+
 /// Proves: the audit is not vacuous. It passes after a run, and fails once an operator moves
 /// money between two of the run's accounts behind the tester's back: both balances disagree
 /// with the acknowledgments and each history holds a transaction the tester never saw.

@@ -109,7 +109,7 @@ fn run_against_stall(concurrency: u32) -> Measured {
     };
     // Two lanes, as on the project's 2-core machine; the server runs on its own runtime.
     let lanes = lanes(2).expect("lanes");
-    let phase = run_phase(&lanes, None, plan, op);
+    let phase = run_phase(&lanes, plan, op);
     assert!(
         arrivals.load(Ordering::SeqCst) >= STALLED_REQUEST,
         "the stall happened"
