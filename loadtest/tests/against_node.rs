@@ -8,6 +8,34 @@ use common::{TestNode, options};
 use payu_loadtest::{EXIT_PASSED, Session};
 use serde_json::Value;
 
+/// Runs the load tester against `node` with `extra` arguments plus a JSON report, and
+/// returns its exit status and the report.
+fn run_with_report(node: &TestNode, extra: &[&str], out: &std::path::Path) -> (u8, Value) {
+    let report = out.join("report.json");
+    let report_arg = report.display().to_string();
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&["--report", &report_arg]);
+    let status = payu_loadtest::run(options(node, &args)).expect("the run completes");
+    let report = serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
+        .expect("JSON");
+    (status, report)
+}
+
+/// Holds were among the phase's operations, and the report's audit passed.
+fn assert_holds_ran_and_the_audit_passed(phase: &Value, report: &Value) {
+    assert!(
+        phase["latency_by_kind"]["hold"]["count"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "holds ran"
+    );
+    assert_eq!(
+        report["audit"]["passed"], true,
+        "audit: {:#}",
+        report["audit"]
+    );
+}
+
 /// Proves: a 200/s run for 3 s sends and gets answers for nearly all 600 intended operations
 /// (a count, not a timing, assertion), the ledger audit passes on an honest node, and the
 /// JSON report and SVG plot are written with the figures the issue asks for.
@@ -15,10 +43,9 @@ use serde_json::Value;
 fn a_fixed_rate_run_reaches_its_rate_and_its_audit_passes() {
     let node = TestNode::start();
     let out = tempfile::tempdir().expect("output dir");
-    let report = out.path().join("report.json");
     let plot = out.path().join("plot.svg");
-    let (report_arg, plot_arg) = (report.display().to_string(), plot.display().to_string());
-    let options = options(
+    let plot_arg = plot.display().to_string();
+    let (status, report) = run_with_report(
         &node,
         &[
             "--rate",
@@ -33,8 +60,6 @@ fn a_fixed_rate_run_reaches_its_rate_and_its_audit_passes() {
             "42",
             "--warmup",
             "500ms",
-            "--report",
-            &report_arg,
             "--plot",
             &plot_arg,
             "--min-rate-ratio",
@@ -42,11 +67,8 @@ fn a_fixed_rate_run_reaches_its_rate_and_its_audit_passes() {
             "--max-error-ratio",
             "1",
         ],
+        out.path(),
     );
-    let status = payu_loadtest::run(options).expect("the run completes");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
-            .expect("JSON");
     assert_eq!(status, EXIT_PASSED, "exit status; report: {report:#}");
 
     // The warmup ran at the same rate, is reported apart, and is not part of the phase judged.
@@ -80,17 +102,7 @@ fn a_fixed_rate_run_reaches_its_rate_and_its_audit_passes() {
             "{field}"
         );
     }
-    assert!(
-        phase["latency_by_kind"]["hold"]["count"]
-            .as_u64()
-            .is_some_and(|n| n > 0),
-        "holds ran"
-    );
-    assert_eq!(
-        report["audit"]["passed"], true,
-        "audit: {:#}",
-        report["audit"]
-    );
+    assert_holds_ran_and_the_audit_passed(phase, &report);
     // Funding (50 deposits, counted on both sides) plus every posted transfer and commit.
     let postings = report["audit"]["acknowledged_postings"]
         .as_u64()
@@ -114,9 +126,7 @@ fn a_fixed_rate_run_reaches_its_rate_and_its_audit_passes() {
 fn an_http2_run_reaches_its_rate_and_its_audit_passes() {
     let node = TestNode::start();
     let out = tempfile::tempdir().expect("output dir");
-    let report = out.path().join("report.json");
-    let report_arg = report.display().to_string();
-    let options = options(
+    let (status, report) = run_with_report(
         &node,
         &[
             "--http2",
@@ -132,18 +142,13 @@ fn an_http2_run_reaches_its_rate_and_its_audit_passes() {
             "transfer=80,hold=20",
             "--seed",
             "7",
-            "--report",
-            &report_arg,
             "--min-rate-ratio",
             "0",
             "--max-error-ratio",
             "1",
         ],
+        out.path(),
     );
-    let status = payu_loadtest::run(options).expect("the run completes");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
-            .expect("JSON");
     assert_eq!(status, EXIT_PASSED, "exit status; report: {report:#}");
     assert_eq!(
         report["settings"]["http2"], true,
@@ -156,17 +161,7 @@ fn an_http2_run_reaches_its_rate_and_its_audit_passes() {
     assert_eq!(intended, 400);
     let ok = phase["ok"].as_u64().expect("ok");
     assert!(ok * 10 >= intended * 9, "ok {ok} of {intended}: {phase:#}");
-    assert!(
-        phase["latency_by_kind"]["hold"]["count"]
-            .as_u64()
-            .is_some_and(|n| n > 0),
-        "holds ran"
-    );
-    assert_eq!(
-        report["audit"]["passed"], true,
-        "audit: {:#}",
-        report["audit"]
-    );
+    assert_holds_ran_and_the_audit_passed(phase, &report);
 }
 
 /// Proves: the audit is not vacuous. It passes after a run, and fails once an operator moves

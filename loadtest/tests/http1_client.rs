@@ -3,10 +3,13 @@
 //! bodies, connections closed mid-answer, `Connection: close`, timeouts, and a check that
 //! requests are never pipelined (one request in flight per connection).
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{done, runtime, unknown_label};
 use payu_loadtest::api::Answer;
 use payu_loadtest::http1::{
     BODY_BYTES_MAX, Http1, LABEL_BODY, LABEL_MALFORMED, LABEL_TIMEOUT, LABEL_TRANSPORT,
@@ -200,35 +203,8 @@ async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(S
     Some((head, body))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn client(url: &str, timeout: Duration) -> Arc<Http1> {
     Http1::new(url, "test-token", timeout).expect("client")
-}
-
-/// The body of a 2xx answer, or a panic naming what came instead.
-fn done(answer: Answer) -> (u16, bool, Vec<u8>) {
-    match answer {
-        Answer::Done {
-            status,
-            replayed,
-            body,
-        } => (status, replayed, body.to_vec()),
-        other => panic!("expected a 2xx answer, got {other:?}"),
-    }
-}
-
-fn unknown_label(answer: Answer) -> String {
-    match answer {
-        Answer::Unknown { label } => label,
-        other => panic!("expected an unknown outcome, got {other:?}"),
-    }
 }
 
 const TRANSFER: &[u8] = br#"{"id":7,"amount":{"value":"1.5","currency":"IDR"}}"#;

@@ -3,11 +3,14 @@
 //! DATA frames, problem+json refusals, streams reset by the server, connections closed under
 //! the client, timeouts, the body bound, and that many requests share a few connections.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{done, runtime, unknown_label};
 use payu_loadtest::api::Answer;
 use payu_loadtest::http1::{BODY_BYTES_MAX, LABEL_BODY, LABEL_TIMEOUT, LABEL_TRANSPORT};
 use payu_loadtest::http2::Http2;
@@ -186,34 +189,8 @@ async fn serve(
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn client(url: &str, timeout: Duration, connections: usize) -> Arc<Http2> {
     Http2::new(url, "test-token", timeout, connections).expect("client")
-}
-
-fn done(answer: Answer) -> (u16, bool, Vec<u8>) {
-    match answer {
-        Answer::Done {
-            status,
-            replayed,
-            body,
-        } => (status, replayed, body.to_vec()),
-        other => panic!("expected a 2xx answer, got {other:?}"),
-    }
-}
-
-fn unknown_label(answer: Answer) -> String {
-    match answer {
-        Answer::Unknown { label } => label,
-        other => panic!("expected an unknown outcome, got {other:?}"),
-    }
 }
 
 fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
@@ -221,6 +198,16 @@ fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// A plain 201 with `{}`.
+fn created() -> Script {
+    Script::Answer {
+        status: 201,
+        headers: vec![],
+        body: b"{}".to_vec(),
+        frames: 1,
+    }
 }
 
 const TRANSFER: &[u8] = br#"{"id":7,"amount":{"value":"1.5","currency":"IDR"}}"#;
@@ -317,12 +304,7 @@ fn resets_and_closed_connections_are_unknown_and_the_client_reconnects() {
         let server = server(|n| match n {
             0 => Script::Reset,
             1 => Script::Close,
-            _ => Script::Answer {
-                status: 201,
-                headers: vec![],
-                body: b"{}".to_vec(),
-                frames: 1,
-            },
+            _ => created(),
         })
         .await;
         let client = client(&server.url, TIMEOUT, 1);
@@ -359,12 +341,7 @@ fn a_request_past_its_timeout_is_an_unknown_outcome() {
     runtime.block_on(async {
         let server = server(|n| match n {
             0 => Script::Hang,
-            _ => Script::Answer {
-                status: 201,
-                headers: vec![],
-                body: b"{}".to_vec(),
-                frames: 1,
-            },
+            _ => created(),
         })
         .await;
         let client = client(&server.url, Duration::from_millis(200), 1);

@@ -236,3 +236,32 @@ async fn read_message(
     }
     Ok(Some(buffer.drain(..head_end + length).collect()))
 }
+
+/// A two-worker runtime for tests that drive a client against a scripted server.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The status, replay flag and body of a 2xx answer, or a panic naming what came instead.
+pub fn done(answer: payu_loadtest::api::Answer) -> (u16, bool, Vec<u8>) {
+    match answer {
+        payu_loadtest::api::Answer::Done {
+            status,
+            replayed,
+            body,
+        } => (status, replayed, body.to_vec()),
+        other => panic!("expected a 2xx answer, got {other:?}"),
+    }
+}
+
+/// The label of an unknown outcome, or a panic naming what came instead.
+pub fn unknown_label(answer: payu_loadtest::api::Answer) -> String {
+    match answer {
+        payu_loadtest::api::Answer::Unknown { label } => label,
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+}
