@@ -322,6 +322,15 @@ pub(crate) fn parse_base(base: &str) -> anyhow::Result<(SocketAddr, String, Stri
     Ok((address, authority.to_owned(), path_prefix.to_owned()))
 }
 
+/// Whether a Content-Type value is JSON (`application/json` or `application/problem+json`,
+/// any parameters such as a charset aside).
+pub(crate) fn is_json_content_type(value: &[u8]) -> bool {
+    let essence = value.split(|&b| b == b';').next().unwrap_or_default();
+    let essence = essence.trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || essence.eq_ignore_ascii_case(b"application/problem+json")
+}
+
 pub(crate) fn unknown(label: &str) -> Answer {
     Answer::Unknown {
         label: label.to_owned(),
@@ -526,10 +535,7 @@ pub fn parse_head(buffer: &[u8], scanned: usize) -> Result<Parsed, &'static str>
         } else if name.eq_ignore_ascii_case(b"idempotent-replayed") {
             head.replayed = value.eq_ignore_ascii_case(b"true");
         } else if name.eq_ignore_ascii_case(b"content-type") {
-            let essence = value.split(|&b| b == b';').next().unwrap_or_default();
-            let essence = essence.trim_ascii();
-            head.json = essence.eq_ignore_ascii_case(b"application/json")
-                || essence.eq_ignore_ascii_case(b"application/problem+json");
+            head.json = is_json_content_type(value);
         }
     }
     head.framing = match (chunked, content_length) {

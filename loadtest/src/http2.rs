@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use crate::api::{Answer, Body, HOT_PATHS, problem_code};
 use crate::http1::{
     BODY_BYTES_MAX, LABEL_BODY, LABEL_CONNECT, LABEL_MALFORMED, LABEL_TIMEOUT, LABEL_TRANSPORT,
-    POOLS, parse_base, pool_index, unknown,
+    POOLS, is_json_content_type, parse_base, pool_index, unknown,
 };
 
 /// Connections each lane opens to the node, at most; its requests take them in turn.
@@ -172,7 +172,7 @@ impl Http2 {
                 let json = head
                     .headers
                     .get(CONTENT_TYPE)
-                    .is_some_and(|value| value.as_bytes().ends_with(b"json"));
+                    .is_some_and(|value| is_json_content_type(value.as_bytes()));
                 let code = match json {
                     true => problem_code(&bytes),
                     false => "-".to_owned(),

@@ -255,7 +255,7 @@ fn problems_are_refusals_or_unknown_with_their_codes() {
         let server = server(|n| match n {
             0 => Script::Answer {
                 status: 422,
-                headers: vec![("content-type", "application/problem+json")],
+                headers: vec![("content-type", "application/problem+json; charset=utf-8")],
                 body: br#"{"code":"INSUFFICIENT_FUNDS","status":422}"#.to_vec(),
                 frames: 1,
             },
