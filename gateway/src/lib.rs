@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;

@@ -13,6 +13,7 @@ use payu_journal::{Journal, JournalConfig, MmapStorage, SnapshotStore, restore_e
 use crate::api::{App, JournalLookup, NodeInfo, router};
 use crate::auth::{AuthConfig, Authenticator, load_or_create_dev_secret};
 use crate::config::NodeConfig;
+use crate::listener::GatewayListener;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::ratelimit::RateLimiter;
@@ -144,7 +145,7 @@ pub async fn run(
         draining_app.draining.store(true, Ordering::Release);
     };
     let served = axum::serve(
-        listener,
+        GatewayListener(listener),
         router(Arc::clone(&app), config.http.body_limit_bytes),
     )
     .with_graceful_shutdown(stop_signal)
