@@ -191,11 +191,9 @@ pub fn router(app: Shared, body_limit: usize) -> Router {
 async fn observe(State(app): State<Shared>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "other".to_owned());
+    // A clone of the matched path is a reference count, not a copy of the text.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("other", MatchedPath::as_str);
     let request_id = request
         .headers()
         .get(&X_REQUEST_ID)
@@ -203,11 +201,8 @@ async fn observe(State(app): State<Shared>, request: Request, next: Next) -> Res
         .cloned()
         .unwrap_or_else(|| {
             let n = app.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let id = format!(
-                "{:x}-{n:x}",
-                app.started.elapsed().as_nanos() as u64 ^ 0x9e37
-            );
-            HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("unknown"))
+            let uptime = started.saturating_duration_since(app.started).as_nanos() as u64;
+            fresh_request_id(uptime, n)
         });
     let mut response = match app.in_flight.try_acquire() {
         Err(_) => {
@@ -243,13 +238,41 @@ async fn observe(State(app): State<Shared>, request: Request, next: Next) -> Res
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     let latency = started.elapsed();
     app.metrics
-        .http_request(method.as_str(), &route, status.as_u16(), latency);
+        .http_request(method.as_str(), route, status.as_u16(), latency);
     if status.is_server_error() {
         tracing::warn!(request_id = ?request_id, %method, route, status = status.as_u16(), "request failed");
     } else {
         tracing::debug!(request_id = ?request_id, %method, route, status = status.as_u16(), latency_us = latency.as_micros() as u64, "request");
     }
     response
+}
+
+/// The longest id [`fresh_request_id`] makes: two u64s in hex and a dash.
+const FRESH_REQUEST_ID_MAX: usize = 33;
+
+/// An id for a request that brought none: the node's uptime in nanoseconds (mixed with a
+/// constant) and a counter, in lowercase hex, as in "1f3a9c04-2b". Marked sensitive, so that
+/// HTTP/2 sends it as a literal and does not fill both ends' header tables with values that
+/// never repeat.
+fn fresh_request_id(uptime_nanos: u64, n: u64) -> HeaderValue {
+    let mut text = [0u8; FRESH_REQUEST_ID_MAX];
+    let mut length = put_hex(&mut text, 0, uptime_nanos ^ 0x9e37);
+    text[length] = b'-';
+    length = put_hex(&mut text, length + 1, n);
+    let mut value =
+        HeaderValue::from_bytes(&text[..length]).unwrap_or(HeaderValue::from_static("unknown"));
+    value.set_sensitive(true);
+    value
+}
+
+/// Writes `value` in lowercase hex without leading zeros at `at`; returns where it ends.
+fn put_hex(text: &mut [u8], at: usize, value: u64) -> usize {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let length = (64 - value.leading_zeros() as usize).div_ceil(4).max(1);
+    for (place, digit) in text[at..at + length].iter_mut().rev().enumerate() {
+        *digit = DIGITS[(value >> (4 * place) & 0xf) as usize];
+    }
+    at + length
 }
 
 fn is_json(response: &Response) -> bool {
@@ -1575,4 +1598,28 @@ async fn get_transaction(State(app): State<Shared>, headers: HeaderMap, id: RawP
         }
     }
     Ok(json_response(StatusCode::OK, wire::txn_view(&txn)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_request_ids_are_two_hex_numbers_and_sensitive() {
+        for (uptime, n) in [
+            (0, 0),
+            (0x9e37, 1),
+            (1, 0xff),
+            (123_456_789_012, 42),
+            (u64::MAX, u64::MAX),
+        ] {
+            let id = fresh_request_id(uptime, n);
+            assert_eq!(id, format!("{:x}-{n:x}", uptime ^ 0x9e37).as_str());
+            assert!(id.is_sensitive());
+        }
+        assert_eq!(
+            fresh_request_id(u64::MAX, u64::MAX).len(),
+            FRESH_REQUEST_ID_MAX
+        );
+    }
 }

@@ -161,11 +161,18 @@ pub fn json_response(status: StatusCode, body: Value) -> Response {
     typed_response(status, &body)
 }
 
+/// A transfer's answer is about 400 bytes; most answers fit this without growing.
+const ANSWER_BYTES_TYPICAL: usize = 512;
+
 /// A JSON success answer serialised straight from typed structs (the hot paths: no
 /// intermediate `Value` tree per item).
 pub fn typed_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
-    // Serialising plain structs and strings into a Vec cannot fail.
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    // Serialising plain structs and strings into a Vec cannot fail. Sized for a transfer's
+    // answer, so the common case never regrows.
+    let mut bytes = Vec::with_capacity(ANSWER_BYTES_TYPICAL);
+    if serde_json::to_writer(&mut bytes, body).is_err() {
+        bytes.clear();
+    }
     let mut response = (status, bytes).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -353,12 +360,37 @@ pub fn timestamp(value: Timestamp) -> String {
     const SECONDS_PER_DAY: u64 = 86_400;
     let seconds = value.0 / payu_engine::NANOS_PER_SECOND;
     let fraction = value.0 % payu_engine::NANOS_PER_SECOND;
-    // u64 nanoseconds end in the year 2554, about 213 000 days: always fits a u32.
+    // u64 nanoseconds end in the year 2554, about 213 000 days: always fits a u32, and the
+    // year always has four digits.
     let days = u32::try_from(seconds / SECONDS_PER_DAY).unwrap_or(u32::MAX);
     let (year, month, day) = Date(days).to_ymd();
     let of_day = seconds % SECONDS_PER_DAY;
     let (hour, minute, second) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{fraction:09}Z")
+    // Written digit by digit: this is on every write's answer, and `format!` cost several
+    // times as much.
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    let fields = [
+        (0, 4, u64::from(year)),
+        (5, 2, u64::from(month)),
+        (8, 2, u64::from(day)),
+        (11, 2, hour),
+        (14, 2, minute),
+        (17, 2, second),
+        (20, 9, fraction),
+    ];
+    for (start, width, value) in fields {
+        put_padded(&mut text[start..start + width], value);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Writes `value` in decimal into all of `digits`, zero-padded on the left (its highest digits
+/// are dropped if it does not fit).
+fn put_padded(digits: &mut [u8], mut value: u64) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 pub fn kind_name(kind: AccountKind) -> &'static str {
@@ -447,27 +479,66 @@ pub fn pocket_view(view: &PocketView, currency: Currency) -> Value {
 /// the same text as `units_to_decimal(units).normalize()`, without building a `Decimal`.
 pub struct UnitsText(pub i128);
 
-impl std::fmt::Display for UnitsText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// The longest [`UnitsText`]: a sign, the 39 digits of an `i128` magnitude and a point.
+pub const UNITS_TEXT_MAX: usize = 41;
+
+impl UnitsText {
+    /// The text, written backwards into `buffer` without `fmt` (five of these are on every
+    /// transfer's answer).
+    pub fn render<'a>(&self, buffer: &'a mut [u8; UNITS_TEXT_MAX]) -> &'a str {
         let scale = 10u128.pow(payu_engine::AMOUNT_SCALE);
         let magnitude = self.0.unsigned_abs();
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let (whole, mut fraction) = (magnitude / scale, magnitude % scale);
-        if fraction == 0 {
-            return write!(f, "{sign}{whole}");
+        let (whole, fraction) = (magnitude / scale, (magnitude % scale) as u64);
+        let mut start = UNITS_TEXT_MAX;
+        if fraction != 0 {
+            let (mut fraction, mut digits) = (fraction, payu_engine::AMOUNT_SCALE as usize);
+            while fraction % 10 == 0 {
+                fraction /= 10;
+                digits -= 1;
+            }
+            start -= digits;
+            put_padded(&mut buffer[start..start + digits], fraction);
+            start -= 1;
+            buffer[start] = b'.';
         }
-        let mut digits = payu_engine::AMOUNT_SCALE as usize;
-        while fraction % 10 == 0 {
-            fraction /= 10;
-            digits -= 1;
+        start = put_decimal(buffer, start, whole);
+        if self.0 < 0 {
+            start -= 1;
+            buffer[start] = b'-';
         }
-        write!(f, "{sign}{whole}.{fraction:0digits$}")
+        std::str::from_utf8(&buffer[start..]).unwrap_or("0")
+    }
+}
+
+/// Writes `value` in decimal so that it ends just before `end`; returns where it starts.
+fn put_decimal(buffer: &mut [u8], end: usize, mut value: u128) -> usize {
+    let mut start = end;
+    // u128 division is a library call: only the digits above u64's range take it.
+    while value > u128::from(u64::MAX) {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    let mut value = value as u64;
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return start;
+        }
+    }
+}
+
+impl std::fmt::Display for UnitsText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.render(&mut [0; UNITS_TEXT_MAX]))
     }
 }
 
 impl serde::Serialize for UnitsText {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.render(&mut [0; UNITS_TEXT_MAX]))
     }
 }
 
@@ -671,11 +742,52 @@ mod tests {
     }
 
     #[test]
+    fn units_beyond_decimal_range_render_like_fmt_would() {
+        // `Decimal` holds 28 digits; an i128 holds 39. The old `format!`-based rendering is
+        // the reference for the digits above u64's range.
+        fn reference(units: i128) -> String {
+            let magnitude = units.unsigned_abs();
+            let sign = if units < 0 { "-" } else { "" };
+            let (whole, fraction) = (magnitude / 10_000, magnitude % 10_000);
+            let fraction = format!("{fraction:04}");
+            let fraction = fraction.trim_end_matches('0');
+            if fraction.is_empty() {
+                format!("{sign}{whole}")
+            } else {
+                format!("{sign}{whole}.{fraction}")
+            }
+        }
+        let samples = [
+            i128::MAX,
+            i128::MIN,
+            i128::from(u64::MAX),
+            i128::from(u64::MAX) + 1,
+            -i128::from(u64::MAX) * 10_000 - 1,
+            i128::from(u64::MAX) * 10_000 + 10,
+        ];
+        for units in samples {
+            assert_eq!(UnitsText(units).to_string(), reference(units), "{units}");
+            let mut buffer = [0; UNITS_TEXT_MAX];
+            assert_eq!(UnitsText(units).render(&mut buffer), reference(units));
+        }
+        assert_eq!(UnitsText(i128::MIN).to_string().len(), UNITS_TEXT_MAX);
+    }
+
+    #[test]
     fn timestamps_render_as_rfc3339_utc() {
         assert_eq!(timestamp(Timestamp(0)), "1970-01-01T00:00:00.000000000Z");
         // 2026-11-25T04:47:08.5Z
         let at = Timestamp(1_795_582_028_500_000_000);
         assert_eq!(timestamp(at), "2026-11-25T04:47:08.500000000Z");
+        // The last instant u64 nanoseconds hold.
+        assert_eq!(
+            timestamp(Timestamp(u64::MAX)),
+            "2554-07-21T23:34:33.709551615Z"
+        );
+        assert_eq!(
+            timestamp(Timestamp(999_999_999)),
+            "1970-01-01T00:00:00.999999999Z"
+        );
     }
 
     #[test]
