@@ -64,9 +64,9 @@ impl Http2 {
             "--http2-connections must be in 1..={CONNECTIONS_PER_LANE_MAX}, got {connections}"
         );
         let (address, authority, path_prefix) = parse_base(base)?;
-        // Not marked sensitive: HPACK then indexes it, and every request after a connection's
-        // first carries the token as one byte instead of a Huffman-coded 200-byte literal that
-        // the node decodes again each time.
+        // The h2 crate never puts an Authorization value in HPACK's table (nor a path), so
+        // every request carries the token as a Huffman-coded literal, which the node decodes
+        // again each time, as it would from any h2 client.
         let authorization = HeaderValue::from_str(&format!("Bearer {token}"))
             .context("the token is not a valid header value")?;
         let origin = format!("http://{authority}{path_prefix}");
