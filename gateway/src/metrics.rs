@@ -345,6 +345,7 @@ pub struct Metrics {
     ring_capacity: AtomicU64,
     ring_full: AtomicU64,
     commit_lingers: AtomicU64,
+    slow_flushes: AtomicU64,
     gauges: [AtomicU64; Gauge::ALL.len()],
     gauges_set: [AtomicBool; Gauge::ALL.len()],
 }
@@ -388,6 +389,7 @@ impl Metrics {
             ring_capacity: AtomicU64::new(0),
             ring_full: AtomicU64::new(0),
             commit_lingers: AtomicU64::new(0),
+            slow_flushes: AtomicU64::new(0),
             gauges: std::array::from_fn(|_| AtomicU64::new(0)),
             gauges_set: std::array::from_fn(|_| AtomicBool::new(false)),
         }
@@ -439,6 +441,11 @@ impl Metrics {
     /// A request turned away (503) because the ring was full.
     pub fn ring_full(&self) {
         self.ring_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A group commit took at least the pipeline's slow-flush threshold (it is also logged).
+    pub fn slow_flush(&self) {
+        self.slow_flushes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A group commit waited for more commands (`PipelineConfig::commit_linger`).
@@ -604,6 +611,12 @@ impl Metrics {
             "payu_group_commit_lingers_total",
             "Group commits that waited up to the commit linger for more commands.",
             &self.commit_lingers,
+        );
+        counter(
+            out,
+            "payu_journal_slow_flushes_total",
+            "Group commits that took 50 ms or more (each is also logged as a warning).",
+            &self.slow_flushes,
         );
         header(
             out,

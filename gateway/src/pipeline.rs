@@ -54,9 +54,10 @@ pub const COMMIT_LINGER_MAX: Duration = Duration::from_millis(10);
 pub const COMMIT_LINGER_COMMANDS_DEFAULT: usize = 64;
 /// `Waker::wake_at` when the engine thread is not waiting.
 const AWAKE: u64 = u64::MAX;
-/// A group commit slower than this is logged as a warning (with its size), so a stalling disk
-/// shows in the log at the moment it stalls, not only in the flush histogram. Each such line
-/// stands for at least this long a stall, so there are at most 20 a second.
+/// A group commit slower than this is logged as a warning (with its size) and counted in
+/// `payu_journal_slow_flushes_total`, so a stalling disk shows in the log at the moment it
+/// stalls, not only in the flush histogram. Each such line stands for at least this long a
+/// stall, so there are at most 20 a second.
 const SLOW_FLUSH_WARN: Duration = Duration::from_millis(50);
 
 /// How the engine thread waits when the ring is empty.
@@ -684,6 +685,7 @@ impl<S: Storage> EngineWorker<S> {
         let took = now - self.flush_started;
         self.metrics.flush(took);
         if took >= SLOW_FLUSH_WARN {
+            self.metrics.slow_flush();
             tracing::warn!(
                 took_ms = took.as_millis() as u64,
                 commands = self.in_flight.len(),
@@ -1401,6 +1403,34 @@ mod tests {
             .find(|line| line.starts_with("payu_group_commit_lingers_total "))
             .expect("lingers counter rendered")
             .to_string()
+    }
+
+    fn slow_flushes(metrics: &Metrics) -> u64 {
+        let text = metrics.render();
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("payu_journal_slow_flushes_total "))
+            .expect("slow flushes counter rendered");
+        line.rsplit(' ')
+            .next()
+            .and_then(|count| count.parse().ok())
+            .expect("a count")
+    }
+
+    #[test]
+    fn a_group_commit_held_past_the_warning_threshold_is_counted_as_slow() {
+        let (pipeline, gate, metrics) = start_gated(64);
+        let before = slow_flushes(&metrics);
+        gate.hold();
+        let started = gate.started();
+        let receiver = submit(&pipeline.submitter, open(10, AccountKind::Customer));
+        gate.wait_started(started + 1);
+        // The flush cannot finish while it is held, so it takes at least this long.
+        thread::sleep(SLOW_FLUSH_WARN + Duration::from_millis(10));
+        gate.release(1);
+        assert_eq!(answer(receiver).seq, 1);
+        assert_eq!(slow_flushes(&metrics), before + 1);
+        pipeline.shutdown().expect("clean stop");
     }
 
     #[test]
