@@ -1171,8 +1171,16 @@ mod tests {
     /// and the writer is free. Commands go on until four snapshots were saved, the later ones
     /// copied into the buffers the writer handed back. The newest must be the state the
     /// journal rebuilds at its seq.
+    ///
+    /// The writer fsyncs each snapshot to a real directory, which right after a build can take
+    /// seconds. Commands sent at full speed meanwhile ran the journal so far ahead that four
+    /// snapshots did not come within a fixed count of commands, or that retention retired the
+    /// segment the rebuild starts from. So once `TRICKLE_AFTER` commands brought no new
+    /// snapshot, commands slow to one per `TRICKLE_PAUSE` until the writer catches up, and the
+    /// bound is time (`GATE_PATIENCE`), not a count.
     fn assert_periodic_snapshots(every_records: u64, every_bytes: u64) {
-        const COMMANDS_MAX: u128 = 20_000;
+        const TRICKLE_AFTER: u32 = 200;
+        const TRICKLE_PAUSE: Duration = Duration::from_millis(5);
         let sim = SimStorage::new(12);
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SnapshotStore::open(dir.path()).expect("snapshot store");
@@ -1194,7 +1202,12 @@ mod tests {
         setup(&pipeline.submitter);
         let status = Arc::clone(&pipeline.status);
         let mut saved = vec![];
-        for n in 0..COMMANDS_MAX {
+        let (started, mut since_saved) = (Instant::now(), 0);
+        for n in 0u128.. {
+            assert!(
+                started.elapsed() < GATE_PATIENCE,
+                "snapshots saved within {GATE_PATIENCE:?} ({n} commands): {saved:?}"
+            );
             let reply = submit(&pipeline.submitter, transfer(1_000 + n, 1 + n as u64 % 7))
                 .blocking_recv()
                 .expect("answered")
@@ -1203,16 +1216,17 @@ mod tests {
             let seq = status.snapshot_seq.load(Ordering::Acquire);
             if seq > 0 && saved.last() != Some(&seq) {
                 saved.push(seq);
+                since_saved = 0;
                 if saved.len() == 4 {
                     break;
                 }
+            } else {
+                since_saved += 1;
+            }
+            if since_saved >= TRICKLE_AFTER {
+                thread::sleep(TRICKLE_PAUSE);
             }
         }
-        assert_eq!(
-            saved.len(),
-            4,
-            "snapshots saved within {COMMANDS_MAX} commands: {saved:?}"
-        );
         pipeline.shutdown().expect("clean stop");
         let files = std::fs::read_dir(dir.path()).expect("list").count();
         assert_eq!(

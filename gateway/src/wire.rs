@@ -486,9 +486,16 @@ impl UnitsText {
     /// The text, written backwards into `buffer` without `fmt` (five of these are on every
     /// transfer's answer).
     pub fn render<'a>(&self, buffer: &'a mut [u8; UNITS_TEXT_MAX]) -> &'a str {
-        let scale = 10u128.pow(payu_engine::AMOUNT_SCALE);
+        let scale = 10u64.pow(payu_engine::AMOUNT_SCALE);
         let magnitude = self.0.unsigned_abs();
-        let (whole, fraction) = (magnitude / scale, (magnitude % scale) as u64);
+        // u128 division is a library call: amounts and balances fit a u64 and skip it.
+        let (whole, fraction) = match u64::try_from(magnitude) {
+            Ok(magnitude) => (u128::from(magnitude / scale), magnitude % scale),
+            Err(_) => (
+                magnitude / u128::from(scale),
+                (magnitude % u128::from(scale)) as u64,
+            ),
+        };
         let mut start = UNITS_TEXT_MAX;
         if fraction != 0 {
             let (mut fraction, mut digits) = (fraction, payu_engine::AMOUNT_SCALE as usize);
@@ -506,14 +513,14 @@ impl UnitsText {
             start -= 1;
             buffer[start] = b'-';
         }
-        std::str::from_utf8(&buffer[start..]).unwrap_or("0")
+        std::str::from_utf8(&buffer[start..]).expect("digits, a point and a sign are ASCII")
     }
 }
 
 /// Writes `value` in decimal so that it ends just before `end`; returns where it starts.
 fn put_decimal(buffer: &mut [u8], end: usize, mut value: u128) -> usize {
     let mut start = end;
-    // u128 division is a library call: only the digits above u64's range take it.
+    // Only the digits above u64's range take u128 division.
     while value > u128::from(u64::MAX) {
         start -= 1;
         buffer[start] = b'0' + (value % 10) as u8;
