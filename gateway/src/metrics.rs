@@ -478,6 +478,16 @@ impl Metrics {
         );
         let version = escape(env!("CARGO_PKG_VERSION"));
         let _ = writeln!(out, "payu_build_info{{version=\"{version}\"}} 1");
+        if let Some(ticks) = process_cpu_ticks() {
+            header(
+                &mut out,
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time the node process has used, in seconds.",
+            );
+            let (whole, hundredths) = (ticks / CPU_TICKS_PER_SECOND, ticks % CPU_TICKS_PER_SECOND);
+            let _ = writeln!(out, "process_cpu_seconds_total {whole}.{hundredths:02}");
+        }
         out
     }
 
@@ -640,6 +650,19 @@ impl Metrics {
             }
         }
     }
+}
+
+/// Linux reports a process's CPU time to user space in USER_HZ ticks, 100 a second.
+const CPU_TICKS_PER_SECOND: u64 = 100;
+
+/// User + system CPU ticks of this process so far, from /proc/self/stat (None elsewhere).
+fn process_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are plain.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -837,6 +860,31 @@ mod tests {
                     && labels.iter().all(|(k, v)| label(s, k) == Some(*v))
             })
             .map(|s| s.value)
+    }
+
+    #[test]
+    fn the_process_cpu_time_is_exported_in_seconds() {
+        let before = process_cpu_ticks().expect("/proc/self/stat on Linux");
+        let text = Metrics::new().render();
+        let after = process_cpu_ticks().expect("/proc/self/stat on Linux");
+        let (types, samples) = parse(&text);
+        assert_eq!(types["process_cpu_seconds_total"], "counter");
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("process_cpu_seconds_total "))
+            .expect("the sample");
+        let (whole, hundredths) = line
+            .trim_start_matches("process_cpu_seconds_total ")
+            .split_once('.')
+            .expect("two decimals");
+        assert_eq!(hundredths.len(), 2, "{line}");
+        let ticks = whole.parse::<u64>().expect("seconds") * CPU_TICKS_PER_SECOND
+            + hundredths.parse::<u64>().expect("hundredths");
+        assert!(
+            (before..=after).contains(&ticks),
+            "{before} <= {ticks} <= {after}"
+        );
+        assert!(value(&samples, "process_cpu_seconds_total", &[]).is_some());
     }
 
     #[test]

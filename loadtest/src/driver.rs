@@ -97,6 +97,9 @@ pub struct PhaseResult {
     /// CPU seconds this process (the load tester) used during the phase, if readable: on a
     /// machine shared with the node, the client's own share of the cores.
     pub client_cpu_seconds: Option<f64>,
+    /// CPU seconds the node used during the phase, from its `process_cpu_seconds_total`
+    /// before and after (None if it exports none). Read by the session, not the driver.
+    pub node_cpu_seconds: Option<f64>,
     /// The span the answers needed: from the phase's start to its last answer, less the
     /// fastest answer's latency (the delay even a node that keeps up adds to the last one),
     /// and never shorter than the schedule itself. A node that falls behind stretches it.
@@ -115,6 +118,15 @@ impl PhaseResult {
 
     pub fn achieved_ratio(&self) -> f64 {
         self.achieved_rate() / self.plan.rate
+    }
+
+    /// CPU microseconds per answered operation, from a phase's CPU seconds (the tool's or the
+    /// node's); None without the seconds or without answers.
+    pub fn cpu_us_per_op(&self, cpu_seconds: Option<f64>) -> Option<f64> {
+        let answered = self.recorder.answered_total();
+        cpu_seconds
+            .filter(|_| answered > 0)
+            .map(|seconds| seconds * 1e6 / answered as f64)
     }
 
     /// Failed operations (and operations never sent) over those intended.
@@ -193,6 +205,7 @@ where
         plan,
         recorder,
         client_cpu_seconds,
+        node_cpu_seconds: None,
         elapsed,
     }
 }

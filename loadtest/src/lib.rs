@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-use crate::api::{Api, ApiOptions};
+use crate::api::{Answer, Api, ApiOptions};
 use crate::audit::{AuditOptions, AuditReport};
 use crate::book::Book;
 use crate::driver::{PhaseResult, Plan, run_phase};
@@ -104,6 +104,15 @@ pub struct Session {
     lanes: Vec<tokio::runtime::Runtime>,
     next_index: u64,
     executor: Option<Arc<Executor>>,
+}
+
+/// The value of `process_cpu_seconds_total` in a Prometheus text exposition.
+pub fn process_cpu_seconds_in(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .filter(|seconds: &f64| seconds.is_finite() && *seconds >= 0.0)
 }
 
 impl Session {
@@ -240,9 +249,23 @@ impl Session {
             let executor = Arc::clone(&executor);
             async move { executor.execute(index).await }
         });
-        let phase = run_phase(&self.lanes, plan, op);
+        let node_cpu_at_start = self.node_cpu_seconds();
+        let mut phase = run_phase(&self.lanes, plan, op);
+        phase.node_cpu_seconds = self
+            .node_cpu_seconds()
+            .zip(node_cpu_at_start)
+            .map(|(end, start)| end - start);
         let missed = missed_objectives(&phase, &self.options);
         Ok(Step { phase, missed })
+    }
+
+    /// The node's `process_cpu_seconds_total`, scraped from its /metrics: on a shared machine,
+    /// the node's share of the cores, next to the tool's own. None if it exports none.
+    fn node_cpu_seconds(&self) -> Option<f64> {
+        let Answer::Done { body, .. } = self.runtime.block_on(self.api.get("/metrics")) else {
+            return None;
+        };
+        process_cpu_seconds_in(std::str::from_utf8(&body).ok()?)
     }
 
     /// The load the options ask for: one fixed-rate phase, or a ramp.
@@ -434,4 +457,32 @@ pub fn run(options: Options) -> anyhow::Result<u8> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_cpu_counter_is_read_from_a_metrics_exposition() {
+        let text = "# HELP payu_build_info x\n# TYPE payu_build_info gauge\n\
+                    payu_build_info{version=\"0.1.0\"} 1\n\
+                    # TYPE process_cpu_seconds_total counter\n\
+                    process_cpu_seconds_total 12.34\n";
+        assert_eq!(process_cpu_seconds_in(text), Some(12.34));
+        assert_eq!(process_cpu_seconds_in("payu_build_info 1\n"), None);
+        assert_eq!(
+            process_cpu_seconds_in("process_cpu_seconds_total x\n"),
+            None
+        );
+        assert_eq!(
+            process_cpu_seconds_in("process_cpu_seconds_total -1\n"),
+            None
+        );
+        // A longer name with the same start is another metric.
+        assert_eq!(
+            process_cpu_seconds_in("process_cpu_seconds_total_x 3\n"),
+            None
+        );
+    }
 }

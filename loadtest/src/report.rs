@@ -77,6 +77,10 @@ fn phase_json(step: &crate::Step) -> Value {
         "late_dispatches": r.late_dispatches,
         "client_cpu_seconds": phase.client_cpu_seconds,
         "client_cpu_cores": phase.client_cpu_seconds.map(|cpu| cpu / elapsed.max(1e-9)),
+        "client_cpu_us_per_op": phase.cpu_us_per_op(phase.client_cpu_seconds),
+        "node_cpu_seconds": phase.node_cpu_seconds,
+        "node_cpu_cores": phase.node_cpu_seconds.map(|cpu| cpu / elapsed.max(1e-9)),
+        "node_cpu_us_per_op": phase.cpu_us_per_op(phase.node_cpu_seconds),
         "late_dispatch_threshold_ms": LATE_DISPATCH.as_secs_f64() * 1e3,
         "latency_corrected": percentiles_ms(&r.corrected),
         "service_time": percentiles_ms(&r.service),
@@ -311,11 +315,25 @@ impl Summary<'_> {
             r.late_dispatches,
             human(LATE_DISPATCH)
         );
+        let per_op = |seconds| {
+            phase.cpu_us_per_op(seconds).map_or(String::new(), |us| {
+                format!(", {us:.1} us per answered operation")
+            })
+        };
         if let Some(cpu) = phase.client_cpu_seconds {
             let _ = writeln!(
                 out,
-                "  load tester CPU: {cpu:.1}s = {:.2} cores over the phase",
-                cpu / phase.elapsed.as_secs_f64().max(1e-9)
+                "  load tester CPU: {cpu:.1}s = {:.2} cores over the phase{}",
+                cpu / phase.elapsed.as_secs_f64().max(1e-9),
+                per_op(Some(cpu))
+            );
+        }
+        if let Some(cpu) = phase.node_cpu_seconds {
+            let _ = writeln!(
+                out,
+                "  node CPU (its process_cpu_seconds_total): {cpu:.1}s = {:.2} cores over the phase{}",
+                cpu / phase.elapsed.as_secs_f64().max(1e-9),
+                per_op(Some(cpu))
             );
         }
         let answers: Vec<String> = r

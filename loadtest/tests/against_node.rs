@@ -102,6 +102,18 @@ fn a_fixed_rate_run_reaches_its_rate_and_its_audit_passes() {
             "{field}"
         );
     }
+    // The node exports its CPU time, and the report turns both sides' into a cost per
+    // operation (this node runs in the test's process, so its figure includes the tool's).
+    for side in ["client", "node"] {
+        for field in ["cpu_seconds", "cpu_us_per_op"] {
+            assert!(
+                phase[format!("{side}_{field}")]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0),
+                "{side}_{field}: {phase:#}"
+            );
+        }
+    }
     assert_holds_ran_and_the_audit_passed(phase, &report);
     // Funding (50 deposits, counted on both sides) plus every posted transfer and commit.
     let postings = report["audit"]["acknowledged_postings"]
