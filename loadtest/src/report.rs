@@ -315,25 +315,22 @@ impl Summary<'_> {
             r.late_dispatches,
             human(LATE_DISPATCH)
         );
-        let per_op = |seconds| {
-            phase.cpu_us_per_op(seconds).map_or(String::new(), |us| {
+        let cpu_lines = [
+            ("load tester CPU", phase.client_cpu_seconds),
+            (
+                "node CPU (its process_cpu_seconds_total)",
+                phase.node_cpu_seconds,
+            ),
+        ];
+        for (label, seconds) in cpu_lines {
+            let Some(cpu) = seconds else { continue };
+            let per_op = phase.cpu_us_per_op(seconds).map_or(String::new(), |us| {
                 format!(", {us:.1} us per answered operation")
-            })
-        };
-        if let Some(cpu) = phase.client_cpu_seconds {
+            });
             let _ = writeln!(
                 out,
-                "  load tester CPU: {cpu:.1}s = {:.2} cores over the phase{}",
-                cpu / phase.elapsed.as_secs_f64().max(1e-9),
-                per_op(Some(cpu))
-            );
-        }
-        if let Some(cpu) = phase.node_cpu_seconds {
-            let _ = writeln!(
-                out,
-                "  node CPU (its process_cpu_seconds_total): {cpu:.1}s = {:.2} cores over the phase{}",
-                cpu / phase.elapsed.as_secs_f64().max(1e-9),
-                per_op(Some(cpu))
+                "  {label}: {cpu:.1}s = {:.2} cores over the phase{per_op}",
+                cpu / phase.elapsed.as_secs_f64().max(1e-9)
             );
         }
         let answers: Vec<String> = r
