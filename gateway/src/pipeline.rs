@@ -1411,21 +1411,25 @@ mod tests {
         }
     }
 
-    fn lingers(metrics: &Metrics) -> String {
+    /// The rendered sample line of the unlabelled counter `name`.
+    fn counter_line(metrics: &Metrics, name: &str) -> String {
         let text = metrics.render();
         text.lines()
-            .find(|line| line.starts_with("payu_group_commit_lingers_total "))
-            .expect("lingers counter rendered")
+            .find(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' '))
+            })
+            .unwrap_or_else(|| panic!("{name} rendered"))
             .to_string()
     }
 
+    fn lingers(metrics: &Metrics) -> String {
+        counter_line(metrics, "payu_group_commit_lingers_total")
+    }
+
     fn slow_flushes(metrics: &Metrics) -> u64 {
-        let text = metrics.render();
-        let line = text
-            .lines()
-            .find(|line| line.starts_with("payu_journal_slow_flushes_total "))
-            .expect("slow flushes counter rendered");
-        line.rsplit(' ')
+        counter_line(metrics, "payu_journal_slow_flushes_total")
+            .rsplit(' ')
             .next()
             .and_then(|count| count.parse().ok())
             .expect("a count")
