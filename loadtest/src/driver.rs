@@ -17,9 +17,8 @@
 //! waits are slept on the runtime's timer, reading answers as they come, until
 //! [`TIMER_SLEEP_MARGIN`] before the operation's time. One thread doing all of a request's
 //! work is what makes the tool cheap: the earlier design (a scheduler thread handing every
-//! request to a work-stealing runtime) woke a second thread for every request. (With
-//! `--http2` the operations still run on the client's work-stealing runtime, where reqwest's
-//! multiplexed connection lives; the lanes then only keep time and dispatch.)
+//! request to a work-stealing runtime) woke a second thread for every request. With
+//! `--http2` each lane's connections are driven by tasks on that lane too (http2.rs).
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};

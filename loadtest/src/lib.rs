@@ -17,6 +17,7 @@ pub mod api;
 pub mod audit;
 pub mod book;
 pub mod driver;
+pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod measure;

@@ -1,0 +1,671 @@
+//! HPACK (RFC 7541), as much as the load's HTTP/2 client (http2.rs) needs.
+//!
+//! - Requests are encoded without the dynamic table: static-table references and literals
+//!   that are never inserted, so the node's table holds nothing of ours and this side keeps no
+//!   encoder state at all. Strings are Huffman-coded when that is shorter, as nghttp2, Go and
+//!   the `h2` crate do.
+//! - Answers are decoded in full: indexed fields, literals with and without indexing, the
+//!   dynamic table with its evictions and size updates, and Huffman-coded strings.
+//!
+//! The Huffman code is canonical, so it is held as its 257 code lengths (Appendix B) and the
+//! codes follow from them.
+
+use std::collections::VecDeque;
+use std::sync::LazyLock;
+
+/// A header block this client decodes is at most this long, and so is each decoded string.
+pub const HEADER_BLOCK_BYTES_MAX: usize = 256 << 10;
+/// The dynamic table size this client allows the node's encoder (the protocol's default
+/// SETTINGS_HEADER_TABLE_SIZE, which the client never changes).
+pub const TABLE_BYTES_DEFAULT: usize = 4096;
+/// An entry's size counts this much besides its name and value (RFC 7541 §4.1).
+const ENTRY_OVERHEAD_BYTES: usize = 32;
+
+/// The static table (Appendix A); index `i` is entry `i + 1`.
+const STATIC_TABLE: [(&str, &str); 61] = [
+    (":authority", ""),
+    (":method", "GET"),
+    (":method", "POST"),
+    (":path", "/"),
+    (":path", "/index.html"),
+    (":scheme", "http"),
+    (":scheme", "https"),
+    (":status", "200"),
+    (":status", "204"),
+    (":status", "206"),
+    (":status", "304"),
+    (":status", "400"),
+    (":status", "404"),
+    (":status", "500"),
+    ("accept-charset", ""),
+    ("accept-encoding", "gzip, deflate"),
+    ("accept-language", ""),
+    ("accept-ranges", ""),
+    ("accept", ""),
+    ("access-control-allow-origin", ""),
+    ("age", ""),
+    ("allow", ""),
+    ("authorization", ""),
+    ("cache-control", ""),
+    ("content-disposition", ""),
+    ("content-encoding", ""),
+    ("content-language", ""),
+    ("content-length", ""),
+    ("content-location", ""),
+    ("content-range", ""),
+    ("content-type", ""),
+    ("cookie", ""),
+    ("date", ""),
+    ("etag", ""),
+    ("expect", ""),
+    ("expires", ""),
+    ("from", ""),
+    ("host", ""),
+    ("if-match", ""),
+    ("if-modified-since", ""),
+    ("if-none-match", ""),
+    ("if-range", ""),
+    ("if-unmodified-since", ""),
+    ("last-modified", ""),
+    ("link", ""),
+    ("location", ""),
+    ("max-forwards", ""),
+    ("proxy-authenticate", ""),
+    ("proxy-authorization", ""),
+    ("range", ""),
+    ("referer", ""),
+    ("refresh", ""),
+    ("retry-after", ""),
+    ("server", ""),
+    ("set-cookie", ""),
+    ("strict-transport-security", ""),
+    ("transfer-encoding", ""),
+    ("user-agent", ""),
+    ("vary", ""),
+    ("via", ""),
+    ("www-authenticate", ""),
+];
+
+/// Static-table indexes the client's requests use.
+pub const STATIC_AUTHORITY: usize = 1;
+pub const STATIC_METHOD_POST: usize = 3;
+pub const STATIC_PATH: usize = 4;
+pub const STATIC_SCHEME_HTTP: usize = 6;
+pub const STATIC_AUTHORIZATION: usize = 23;
+pub const STATIC_CONTENT_TYPE: usize = 31;
+
+/// Huffman code lengths in bits of symbols 0..=255 (Appendix B); EOS, symbol 256, has 30.
+const CODE_LENGTHS: [u8; 256] = [
+    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5,
+    5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10, 13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6, 15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6,
+    6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, 20, 22, 20, 20, 22, 22, 22, 23, 22,
+    23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, 22,
+    21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20,
+    22, 22, 22, 23, 22, 22, 23, 26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19,
+    21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27, 20, 24, 20, 21, 22, 21, 21, 23, 22,
+    22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26,
+];
+const EOS: u16 = 256;
+const EOS_BITS: u8 = 30;
+const CODE_BITS_MAX: usize = 30;
+
+/// The canonical Huffman code built from [`CODE_LENGTHS`].
+struct Huffman {
+    /// Code of each symbol (EOS last), right-aligned, with its length.
+    codes: [(u32, u8); 257],
+    /// Symbols sorted by (length, symbol): the order codes are assigned in.
+    sorted: [u16; 257],
+    /// Per length: the first code of that length, how many codes have it, and where in
+    /// `sorted` they start.
+    first: [u32; CODE_BITS_MAX + 1],
+    count: [u32; CODE_BITS_MAX + 1],
+    start: [u16; CODE_BITS_MAX + 1],
+}
+
+static HUFFMAN: LazyLock<Huffman> = LazyLock::new(Huffman::build);
+
+impl Huffman {
+    fn build() -> Huffman {
+        let length = |symbol: u16| match symbol {
+            EOS => EOS_BITS,
+            s => CODE_LENGTHS[s as usize],
+        };
+        let mut sorted: [u16; 257] = std::array::from_fn(|s| s as u16);
+        sorted.sort_by_key(|&s| (length(s), s));
+        let mut huffman = Huffman {
+            codes: [(0, 0); 257],
+            sorted,
+            first: [0; CODE_BITS_MAX + 1],
+            count: [0; CODE_BITS_MAX + 1],
+            start: [0; CODE_BITS_MAX + 1],
+        };
+        let mut code: u32 = 0;
+        let mut previous = length(sorted[0]);
+        for (position, &symbol) in sorted.iter().enumerate() {
+            let bits = length(symbol);
+            code <<= bits - previous;
+            previous = bits;
+            let l = bits as usize;
+            if huffman.count[l] == 0 {
+                huffman.first[l] = code;
+                huffman.start[l] = position as u16;
+            }
+            huffman.count[l] += 1;
+            huffman.codes[symbol as usize] = (code, bits);
+            code += 1;
+        }
+        huffman
+    }
+}
+
+/// The Huffman coding of `text`, in bytes (padded to a whole byte).
+pub fn huffman_len(text: &[u8]) -> usize {
+    let bits: usize = text
+        .iter()
+        .map(|&b| CODE_LENGTHS[b as usize] as usize)
+        .sum();
+    bits.div_ceil(8)
+}
+
+/// Appends the Huffman coding of `text`, padded with the EOS prefix (ones).
+pub fn huffman_encode(text: &[u8], out: &mut Vec<u8>) {
+    let huffman = &*HUFFMAN;
+    let mut bits: u64 = 0;
+    let mut pending: u32 = 0;
+    for &byte in text {
+        let (code, length) = huffman.codes[byte as usize];
+        bits = (bits << length) | code as u64;
+        pending += length as u32;
+        while pending >= 8 {
+            pending -= 8;
+            out.push((bits >> pending) as u8);
+        }
+    }
+    if pending > 0 {
+        let pad = 8 - pending;
+        out.push(((bits << pad) | ((1 << pad) - 1)) as u8);
+    }
+}
+
+/// Decodes a Huffman-coded string into `out`.
+pub fn huffman_decode(coded: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
+    let huffman = &*HUFFMAN;
+    let mut code: u32 = 0;
+    let mut length: usize = 0;
+    for &byte in coded {
+        for shift in (0..8).rev() {
+            code = (code << 1) | ((byte >> shift) & 1) as u32;
+            length += 1;
+            let offset = code.wrapping_sub(huffman.first[length]);
+            if offset < huffman.count[length] {
+                match huffman.sorted[huffman.start[length] as usize + offset as usize] {
+                    EOS => return Err(HpackError("a Huffman string holds EOS")),
+                    symbol => out.push(symbol as u8),
+                }
+                code = 0;
+                length = 0;
+            } else if length == CODE_BITS_MAX {
+                return Err(HpackError("an invalid Huffman code"));
+            }
+        }
+    }
+    // What is left must be the start of EOS (all ones), shorter than a byte.
+    if length >= 8 || code != (1 << length) - 1 {
+        return Err(HpackError("bad Huffman padding"));
+    }
+    Ok(())
+}
+
+/// Malformed HPACK from the node: a connection error (COMPRESSION_ERROR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HpackError(pub &'static str);
+
+impl std::fmt::Display for HpackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Appends `value` as an HPACK integer with an `prefix_bits`-bit prefix; `flags` fills the
+/// first byte's other bits.
+pub fn encode_integer(value: usize, prefix_bits: u32, flags: u8, out: &mut Vec<u8>) {
+    let limit = (1usize << prefix_bits) - 1;
+    if value < limit {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | limit as u8);
+    let mut rest = value - limit;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// Appends a string literal, Huffman-coded when that is shorter.
+pub fn encode_string(text: &[u8], out: &mut Vec<u8>) {
+    let coded = huffman_len(text);
+    if coded < text.len() {
+        encode_integer(coded, 7, 0x80, out);
+        huffman_encode(text, out);
+    } else {
+        encode_integer(text.len(), 7, 0, out);
+        out.extend_from_slice(text);
+    }
+}
+
+/// Appends an indexed field (§6.1) referring to static entry `index`.
+pub fn encode_indexed(index: usize, out: &mut Vec<u8>) {
+    encode_integer(index, 7, 0x80, out);
+}
+
+/// Appends a literal field without indexing (§6.2.2) whose name is static entry `name`.
+pub fn encode_literal(name: usize, value: &[u8], out: &mut Vec<u8>) {
+    encode_integer(name, 4, 0x00, out);
+    encode_string(value, out);
+}
+
+/// Appends a literal field that must never be indexed (§6.2.3), for secrets such as the
+/// Authorization header, whose name is static entry `name`.
+pub fn encode_never_indexed(name: usize, value: &[u8], out: &mut Vec<u8>) {
+    encode_integer(name, 4, 0x10, out);
+    encode_string(value, out);
+}
+
+/// Appends a literal field without indexing with a literal name.
+pub fn encode_literal_named(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.push(0x00);
+    encode_string(name, out);
+    encode_string(value, out);
+}
+
+/// Reads an integer with a `prefix_bits`-bit prefix at `block[*at]`.
+fn decode_integer(block: &[u8], at: &mut usize, prefix_bits: u32) -> Result<usize, HpackError> {
+    let truncated = HpackError("a truncated integer");
+    let limit = (1usize << prefix_bits) - 1;
+    let first = *block.get(*at).ok_or(truncated)? as usize & limit;
+    *at += 1;
+    if first < limit {
+        return Ok(first);
+    }
+    let mut value = limit;
+    let mut shift = 0u32;
+    loop {
+        let byte = *block.get(*at).ok_or(truncated)?;
+        *at += 1;
+        // Four continuation bytes reach 2^28: far beyond any bound this client accepts.
+        if shift > 21 {
+            return Err(HpackError("an integer too large"));
+        }
+        value += ((byte & 0x7f) as usize) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+}
+
+/// Reads a string literal at `block[*at]` into `out` (cleared first).
+fn decode_string(block: &[u8], at: &mut usize, out: &mut Vec<u8>) -> Result<(), HpackError> {
+    out.clear();
+    let huffman = block.get(*at).is_some_and(|b| b & 0x80 != 0);
+    let length = decode_integer(block, at, 7)?;
+    let end = at
+        .checked_add(length)
+        .filter(|&end| end <= block.len())
+        .ok_or(HpackError("a string runs past its block"))?;
+    let raw = &block[*at..end];
+    *at = end;
+    match huffman {
+        true => huffman_decode(raw, out),
+        false => {
+            out.extend_from_slice(raw);
+            Ok(())
+        }
+    }
+}
+
+/// A dynamic table entry: name and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// The decoding side of one connection: its dynamic table.
+pub struct Decoder {
+    /// Newest first.
+    table: VecDeque<Entry>,
+    size: usize,
+    /// The table's current bound, as the node's last size update set it.
+    capacity: usize,
+    /// The bound this client allows (SETTINGS_HEADER_TABLE_SIZE).
+    allowed: usize,
+    name: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new(allowed: usize) -> Decoder {
+        Decoder {
+            table: VecDeque::new(),
+            size: 0,
+            capacity: allowed,
+            allowed,
+            name: Vec::new(),
+            value: Vec::new(),
+        }
+    }
+
+    /// Decodes one whole header block, handing each field to `field(name, value)`.
+    pub fn decode(
+        &mut self,
+        block: &[u8],
+        mut field: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), HpackError> {
+        if block.len() > HEADER_BLOCK_BYTES_MAX {
+            return Err(HpackError("a header block too large"));
+        }
+        let mut at = 0;
+        let mut fields_seen = false;
+        while at < block.len() {
+            let first = block[at];
+            if first & 0x80 != 0 {
+                // Indexed field.
+                let index = decode_integer(block, &mut at, 7)?;
+                let (name, value) = self.entry(index)?;
+                field(name, value);
+                fields_seen = true;
+            } else if first & 0xe0 == 0x20 {
+                // Dynamic table size update: only before the block's first field.
+                if fields_seen {
+                    return Err(HpackError("a table size update after a field"));
+                }
+                let capacity = decode_integer(block, &mut at, 5)?;
+                if capacity > self.allowed {
+                    return Err(HpackError("a table size above the allowed one"));
+                }
+                self.capacity = capacity;
+                self.evict_to(capacity);
+            } else {
+                // Literal: with incremental indexing (01), without (0000) or never (0001).
+                let indexing = first & 0xc0 == 0x40;
+                let prefix_bits = if indexing { 6 } else { 4 };
+                let name_index = decode_integer(block, &mut at, prefix_bits)?;
+                let mut name = std::mem::take(&mut self.name);
+                let mut value = std::mem::take(&mut self.value);
+                let decoded = match name_index {
+                    0 => decode_string(block, &mut at, &mut name),
+                    index => self.entry(index).map(|(known, _)| {
+                        name.clear();
+                        name.extend_from_slice(known);
+                    }),
+                }
+                .and_then(|()| decode_string(block, &mut at, &mut value));
+                if decoded.is_ok() {
+                    field(&name, &value);
+                    if indexing {
+                        self.insert(&name, &value);
+                    }
+                }
+                self.name = name;
+                self.value = value;
+                decoded?;
+                fields_seen = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, index: usize) -> Result<(&[u8], &[u8]), HpackError> {
+        match index {
+            0 => Err(HpackError("index 0")),
+            1..=61 => {
+                let (name, value) = STATIC_TABLE[index - 1];
+                Ok((name.as_bytes(), value.as_bytes()))
+            }
+            _ => self
+                .table
+                .get(index - 62)
+                .map(|(name, value)| (&name[..], &value[..]))
+                .ok_or(HpackError("an index past the dynamic table")),
+        }
+    }
+
+    fn insert(&mut self, name: &[u8], value: &[u8]) {
+        let size = name.len() + value.len() + ENTRY_OVERHEAD_BYTES;
+        if size > self.capacity {
+            // An entry larger than the table empties it and is not kept (§4.4).
+            self.evict_to(0);
+            return;
+        }
+        self.evict_to(self.capacity - size);
+        self.table.push_front((name.into(), value.into()));
+        self.size += size;
+    }
+
+    fn evict_to(&mut self, bound: usize) {
+        while self.size > bound {
+            let Some((name, value)) = self.table.pop_back() else {
+                break;
+            };
+            self.size -= name.len() + value.len() + ENTRY_OVERHEAD_BYTES;
+        }
+    }
+
+    /// Entries in the dynamic table (for tests).
+    pub fn table_len(&self) -> usize {
+        self.table.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(text: &str) -> Vec<u8> {
+        let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        digits
+            .chunks(2)
+            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).expect("ascii"), 16))
+            .collect::<Result<_, _>>()
+            .expect("hex")
+    }
+
+    fn decode_all(decoder: &mut Decoder, block: &[u8]) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        decoder
+            .decode(block, |name, value| {
+                fields.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                ));
+            })
+            .expect("decodes");
+        fields
+    }
+
+    /// Proves: the codes derived from the lengths are Appendix B's (a sample of short, long
+    /// and EOS codes, as the RFC prints them).
+    #[test]
+    fn the_canonical_codes_are_the_rfc_codes() {
+        let huffman = &*HUFFMAN;
+        assert_eq!(huffman.codes[b'0' as usize], (0x0, 5));
+        assert_eq!(huffman.codes[b'a' as usize], (0x3, 5));
+        assert_eq!(huffman.codes[b' ' as usize], (0x14, 6));
+        assert_eq!(huffman.codes[b'%' as usize], (0x15, 6));
+        assert_eq!(huffman.codes[b'A' as usize], (0x21, 6));
+        assert_eq!(huffman.codes[0], (0x1ff8, 13));
+        assert_eq!(huffman.codes[1], (0x7fffd8, 23));
+        assert_eq!(huffman.codes[255], (0x3ffffee, 26));
+        assert_eq!(huffman.codes[EOS as usize], (0x3fffffff, 30));
+    }
+
+    /// Proves: RFC 7541 C.4's Huffman-coded request blocks decode to their fields, and the
+    /// client's string encoding gives the RFC's bytes.
+    #[test]
+    fn rfc_request_examples_with_huffman_decode() {
+        let mut decoder = Decoder::new(TABLE_BYTES_DEFAULT);
+        let first = decode_all(
+            &mut decoder,
+            &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"),
+        );
+        assert_eq!(
+            first,
+            [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com"),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        let second = decode_all(&mut decoder, &hex("8286 84be 5886 a8eb 1064 9cbf"));
+        assert_eq!(second[3], (":authority".into(), "www.example.com".into()));
+        assert_eq!(second[4], ("cache-control".into(), "no-cache".into()));
+        let third = decode_all(
+            &mut decoder,
+            &hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"),
+        );
+        assert_eq!(third[1], (":scheme".into(), "https".into()));
+        assert_eq!(third[2], (":path".into(), "/index.html".into()));
+        assert_eq!(third[3], (":authority".into(), "www.example.com".into()));
+        assert_eq!(third[4], ("custom-key".into(), "custom-value".into()));
+        assert_eq!(decoder.table_len(), 3);
+
+        let mut coded = Vec::new();
+        encode_string(b"www.example.com", &mut coded);
+        assert_eq!(coded, hex("8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"));
+    }
+
+    /// Proves: a small table evicts its oldest entries as RFC 7541 C.6 (256 bytes) shows,
+    /// so later indexes still name the right fields.
+    #[test]
+    fn rfc_response_examples_evict_the_oldest_entries() {
+        let mut decoder = Decoder::new(256);
+        let first = decode_all(
+            &mut decoder,
+            &hex(
+                "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6
+                 2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3",
+            ),
+        );
+        assert_eq!(first[0], (":status".into(), "302".into()));
+        assert_eq!(first[1], ("cache-control".into(), "private".into()));
+        assert_eq!(
+            first[2],
+            ("date".into(), "Mon, 21 Oct 2013 20:13:21 GMT".into())
+        );
+        assert_eq!(
+            first[3],
+            ("location".into(), "https://www.example.com".into())
+        );
+        let second = decode_all(&mut decoder, &hex("4883 640e ffc1 c0bf"));
+        assert_eq!(second[0], (":status".into(), "307".into()));
+        assert_eq!(
+            second[3],
+            ("location".into(), "https://www.example.com".into())
+        );
+        assert_eq!(decoder.table_len(), 4);
+    }
+
+    /// Proves: every byte value survives a Huffman round trip, and padding other than the
+    /// EOS prefix, or a code that runs into EOS, is refused.
+    #[test]
+    fn huffman_round_trips_every_byte_and_refuses_bad_padding() {
+        let text: Vec<u8> = (0..=255u8)
+            .chain(b"Bearer eyJhbGciOi.x-y_z".iter().copied())
+            .collect();
+        let mut coded = Vec::new();
+        huffman_encode(&text, &mut coded);
+        assert_eq!(coded.len(), huffman_len(&text));
+        let mut decoded = Vec::new();
+        huffman_decode(&coded, &mut decoded).expect("decodes");
+        assert_eq!(decoded, text);
+
+        // "0" is 00000: padded with 000 instead of 111.
+        let mut out = Vec::new();
+        assert!(huffman_decode(&[0b0000_0000], &mut out).is_err());
+        // A whole byte of padding is too much.
+        assert!(huffman_decode(&[0b0000_0111, 0xff], &mut out).is_err());
+        // EOS itself (30 ones) inside a string.
+        assert!(huffman_decode(&[0xff, 0xff, 0xff, 0xff], &mut out).is_err());
+    }
+
+    /// Proves: integers round trip at and around each prefix's limit, and truncated or
+    /// oversized ones are errors, not panics.
+    #[test]
+    fn integers_round_trip_and_bad_ones_are_errors() {
+        for prefix in [4, 5, 6, 7] {
+            for value in [
+                0,
+                1,
+                14,
+                15,
+                16,
+                30,
+                31,
+                62,
+                63,
+                126,
+                127,
+                128,
+                1337,
+                1 << 20,
+            ] {
+                let mut out = Vec::new();
+                encode_integer(value, prefix, 0, &mut out);
+                let mut at = 0;
+                assert_eq!(decode_integer(&out, &mut at, prefix), Ok(value));
+                assert_eq!(at, out.len());
+            }
+        }
+        let mut at = 0;
+        assert!(decode_integer(&[0x7f, 0x80], &mut at, 7).is_err());
+        let mut at = 0;
+        assert!(decode_integer(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x7f], &mut at, 7).is_err());
+    }
+
+    /// Proves: the request encodings decode back to their fields, the Authorization value
+    /// as never-indexed, and nothing of the request enters the node's table.
+    #[test]
+    fn request_fields_decode_and_leave_the_table_empty() {
+        let mut block = Vec::new();
+        encode_indexed(STATIC_METHOD_POST, &mut block);
+        encode_indexed(STATIC_SCHEME_HTTP, &mut block);
+        encode_literal(STATIC_PATH, b"/v1/transfers", &mut block);
+        encode_literal(STATIC_AUTHORITY, b"127.0.0.1:8080", &mut block);
+        encode_never_indexed(STATIC_AUTHORIZATION, b"Bearer abc.def.ghi", &mut block);
+        encode_literal(STATIC_CONTENT_TYPE, b"application/json", &mut block);
+        encode_literal_named(b"idempotency-key", b"lt-3f-000042", &mut block);
+        let mut decoder = Decoder::new(TABLE_BYTES_DEFAULT);
+        let fields = decode_all(&mut decoder, &block);
+        let expected = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/v1/transfers"),
+            (":authority", "127.0.0.1:8080"),
+            ("authorization", "Bearer abc.def.ghi"),
+            ("content-type", "application/json"),
+            ("idempotency-key", "lt-3f-000042"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()));
+        assert_eq!(fields, expected);
+        assert_eq!(decoder.table_len(), 0);
+    }
+
+    /// Proves: malformed blocks are errors: an index past the table, index 0, a size update
+    /// above the allowed size or after a field, and a string past the block's end.
+    #[test]
+    fn malformed_blocks_are_errors() {
+        let mut decoder = Decoder::new(TABLE_BYTES_DEFAULT);
+        for block in [
+            vec![0xbe],             // index 62, table empty
+            vec![0x80],             // index 0
+            vec![0x3f, 0xe2, 0x1f], // size update to 4097
+            vec![0x82, 0x20],       // size update after a field
+            vec![0x04, 0x05, b'a'], // 5-byte string, 1 byte there
+        ] {
+            assert!(decoder.decode(&block, |_, _| {}).is_err(), "{block:02x?}");
+        }
+    }
+}
