@@ -667,6 +667,8 @@ impl State {
                     Some(_) => LABEL_BODY,
                     None => LABEL_TRANSPORT,
                 };
+                // The node closed the stream: no RST_STREAM goes back for it.
+                self.forget_unsent(id);
                 self.end(id, Err(label), wakers);
             }
             SETTINGS => {
@@ -697,6 +699,7 @@ impl State {
                 let unprocessed: Vec<u32> =
                     self.streams.keys().copied().filter(|&s| s > last).collect();
                 for id in unprocessed {
+                    self.forget_unsent(id);
                     self.end(id, Err(LABEL_TRANSPORT), wakers);
                 }
                 wakers.append(&mut self.waiting);
@@ -821,13 +824,18 @@ impl State {
         }
     }
 
+    /// Drops what stream `id` still had to send, so ending it sends no RST_STREAM.
+    fn forget_unsent(&mut self, id: u32) {
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.unsent = Bytes::new();
+        }
+    }
+
     /// Resets stream `id` with `code` and ends it with `label`.
     fn reset(&mut self, id: u32, code: u32, label: &'static str, wakers: &mut Vec<Waker>) {
         frame_header(&mut self.out, 4, RST_STREAM, 0, id);
         self.out.extend_from_slice(&code.to_be_bytes());
-        if let Some(stream) = self.streams.get_mut(&id) {
-            stream.unsent = Bytes::new();
-        }
+        self.forget_unsent(id);
         self.end(id, Err(label), wakers);
     }
 }
