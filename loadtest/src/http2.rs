@@ -242,7 +242,7 @@ impl Drop for Http2 {
     }
 }
 
-/// A `:path` field: a literal that is never indexed (it changes per resource), as the `h2`
+/// A `:path` field: a literal without indexing (it changes per resource), as the `h2`
 /// crate and nghttp2 send it.
 fn path_field(path: &str) -> Vec<u8> {
     let mut field = Vec::new();
