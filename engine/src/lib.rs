@@ -30,6 +30,6 @@ pub use config::{CAPACITY_MAX, EngineConfig, TIERS_MAX, TierLimits};
 pub use engine::{EXPIRIES_PER_COMMAND_MAX, Engine, EngineStats};
 pub use ids::*;
 pub use outcome::*;
-pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError, SnapshotState};
+pub use snapshot::{IdempotencyMirror, SNAPSHOT_FORMAT_VERSION, SnapshotError, SnapshotState};
 pub use state::{Account, FinishedHold, Hold, HoldEnd, IdempotencyEntry, PaymentRecord, Pocket};
 pub use window::WINDOW_EXPIRIES_PER_COMMAND_MAX;

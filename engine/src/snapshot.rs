@@ -5,6 +5,8 @@
 //! hash maps are written as sorted lists and rebuilt on restore, so the same state always gives
 //! the same bytes, and the in-memory layout can change without changing the format.
 
+use std::collections::VecDeque;
+
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
@@ -69,7 +71,31 @@ impl std::error::Error for SnapshotError {}
 
 /// The engine's state copied out for a snapshot. Copying is the only part that must stop the
 /// engine thread; `encode`, which costs several times more, runs on any thread meanwhile.
-pub struct SnapshotState(EngineSnapshot);
+pub struct SnapshotState(EngineSnapshot, Option<IdempotencyMirror>);
+
+/// A copy of the idempotency window that the engine thread keeps current between snapshots, a
+/// few entries per batch ([`Engine::sync_idempotency_mirror`]). An entry never changes once it
+/// is in the window: entries are pushed at the back and leave from the front. So a snapshot
+/// that carries a synced mirror ([`Engine::snapshot_into_mirrored`]) copies only the rest of
+/// the state on the engine thread. The window, 64 bytes per command and most of a snapshot, is
+/// already there, and it becomes the encoded list on the thread that encodes.
+#[derive(Debug)]
+pub struct IdempotencyMirror {
+    items: VecDeque<IdempotencyEntry>,
+    /// The window position of `items[0]` (positions count every entry ever pushed).
+    first_position: u64,
+}
+
+impl IdempotencyMirror {
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
 
 impl SnapshotState {
     /// The last seq the state includes.
@@ -77,18 +103,31 @@ impl SnapshotState {
         self.0.last_seq
     }
 
-    /// The snapshot bytes. Equal states give equal bytes.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The snapshot bytes. Equal states give equal bytes, with or without a mirror.
+    pub fn encode(&mut self) -> Vec<u8> {
         self.encode_sized(0)
     }
 
     /// `encode` into a buffer allocated for `bytes_hint` bytes up front (the size of the last
-    /// snapshot, say), instead of one that doubles its way there, copying as it grows.
-    pub fn encode_sized(&self, bytes_hint: usize) -> Vec<u8> {
+    /// snapshot, say), instead of one that doubles its way there, copying as it grows. A
+    /// mirrored window is lent to the encoded list and taken back (in place, no copy, unless
+    /// the mirror's ring wrapped: then it is straightened here, on the encoding thread).
+    pub fn encode_sized(&mut self, bytes_hint: usize) -> Vec<u8> {
+        if let Some(mirror) = self.1.as_mut() {
+            self.0.idempotency = Vec::from(std::mem::take(&mut mirror.items));
+        }
         let buffer = AlignedVec::<16>::with_capacity(bytes_hint);
         let bytes = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&self.0, buffer);
+        if let Some(mirror) = self.1.as_mut() {
+            mirror.items = VecDeque::from(std::mem::take(&mut self.0.idempotency));
+        }
         // Serialising owned, in-memory data into a growable buffer cannot fail.
         bytes.expect("snapshot serialisation").into_vec()
+    }
+
+    /// The mirror this state carried, to be synced and used for the next snapshot.
+    pub fn take_mirror(&mut self) -> Option<IdempotencyMirror> {
+        self.1.take()
     }
 }
 
@@ -100,31 +139,94 @@ impl Engine {
 
     /// The whole state copied out, to be encoded elsewhere (`SnapshotState::encode`).
     pub fn snapshot_state(&self) -> SnapshotState {
-        let mut state = SnapshotState(EngineSnapshot {
-            format_version: SNAPSHOT_FORMAT_VERSION,
-            config: self.config.clone(),
-            last_seq: 0,
-            last_timestamp: Timestamp(0),
-            next_txn: 0,
-            next_hold: 0,
-            accounts: Vec::new(),
-            pockets: Vec::new(),
-            holds: Vec::new(),
-            finished_holds: Vec::new(),
-            finished_holds_evicted_early: 0,
-            payments: Vec::new(),
-            payments_evicted_early: 0,
-            idempotency: Vec::new(),
-            idempotency_evicted_early: 0,
-        });
+        let mut state = self.empty_snapshot_state();
         self.snapshot_into(&mut state);
         state
+    }
+
+    /// `snapshot_state`, with `mirror` carrying the idempotency window
+    /// (`snapshot_into_mirrored`).
+    pub fn snapshot_state_mirrored(&self, mirror: IdempotencyMirror) -> SnapshotState {
+        let mut state = self.empty_snapshot_state();
+        self.snapshot_into_mirrored(&mut state, mirror);
+        state
+    }
+
+    fn empty_snapshot_state(&self) -> SnapshotState {
+        SnapshotState(
+            EngineSnapshot {
+                format_version: SNAPSHOT_FORMAT_VERSION,
+                config: self.config.clone(),
+                last_seq: 0,
+                last_timestamp: Timestamp(0),
+                next_txn: 0,
+                next_hold: 0,
+                accounts: Vec::new(),
+                pockets: Vec::new(),
+                holds: Vec::new(),
+                finished_holds: Vec::new(),
+                finished_holds_evicted_early: 0,
+                payments: Vec::new(),
+                payments_evicted_early: 0,
+                idempotency: Vec::new(),
+                idempotency_evicted_early: 0,
+            },
+            None,
+        )
+    }
+
+    /// A mirror of the idempotency window, in sync now, with room for the window's bound
+    /// allocated up front (touched as used), so keeping it in sync never regrows it.
+    pub fn idempotency_mirror(&self) -> IdempotencyMirror {
+        let bound = usize::try_from(self.config.idempotency_entries_max).unwrap_or(usize::MAX);
+        let mut mirror = IdempotencyMirror {
+            items: VecDeque::with_capacity(bound.max(self.idempotency.len())),
+            first_position: 0,
+        };
+        self.sync_idempotency_mirror(&mut mirror);
+        mirror
+    }
+
+    /// Brings `mirror` in step with the idempotency window: drops the entries that left it
+    /// and copies the ones that entered since the last sync. A mirror from another window (or
+    /// one that fell behind by more than the window holds) is rebuilt whole.
+    pub fn sync_idempotency_mirror(&self, mirror: &mut IdempotencyMirror) {
+        let (first, items) = self.idempotency.positioned_items();
+        let end = first + items.len() as u64;
+        let mirror_end = mirror.first_position + mirror.items.len() as u64;
+        if mirror.first_position > first || mirror_end < first || mirror_end > end {
+            mirror.items.clear();
+            mirror.first_position = first;
+        }
+        let gone = (first - mirror.first_position) as usize;
+        mirror.items.drain(..gone);
+        mirror.first_position = first;
+        let held = mirror.items.len();
+        mirror.items.extend(items.range(held..).cloned());
     }
 
     /// Copies the whole state into `state`, overwriting what it held and reusing its buffers:
     /// copying into memory already faulted in is several times faster than into fresh pages,
     /// and the copy is what stops the engine thread.
     pub fn snapshot_into(&self, state: &mut SnapshotState) {
+        self.copy_all_but_idempotency(state);
+        let s = &mut state.0;
+        s.idempotency.clear();
+        s.idempotency.extend(self.idempotency.items().cloned());
+        state.1 = None;
+    }
+
+    /// `snapshot_into` without copying the idempotency window: `mirror` (synced here first,
+    /// which copies only what entered since its last sync) travels in the state instead and is
+    /// written out by `encode`. Take it back with `SnapshotState::take_mirror`.
+    pub fn snapshot_into_mirrored(&self, state: &mut SnapshotState, mut mirror: IdempotencyMirror) {
+        self.sync_idempotency_mirror(&mut mirror);
+        self.copy_all_but_idempotency(state);
+        state.0.idempotency = Vec::new();
+        state.1 = Some(mirror);
+    }
+
+    fn copy_all_but_idempotency(&self, state: &mut SnapshotState) {
         fn refill<T: Clone>(buffer: &mut Vec<T>, items: impl Iterator<Item = T>) {
             buffer.clear();
             buffer.extend(items);
@@ -144,7 +246,6 @@ impl Engine {
         s.finished_holds_evicted_early = self.finished_holds.evicted_early;
         refill(&mut s.payments, self.payments.items().cloned());
         s.payments_evicted_early = self.payments.evicted_early;
-        refill(&mut s.idempotency, self.idempotency.items().cloned());
         s.idempotency_evicted_early = self.idempotency.evicted_early;
     }
 

@@ -100,6 +100,12 @@ impl<T: WindowItem> Window<T> {
         window
     }
 
+    /// The position of the first item, and the items. Positions count every item ever pushed,
+    /// so a copy kept in step can tell which items left and which are new.
+    pub(crate) fn positioned_items(&self) -> (u64, &VecDeque<T>) {
+        (self.first_position, &self.items)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.items.len()
     }
