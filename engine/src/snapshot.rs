@@ -131,6 +131,12 @@ impl SnapshotState {
     }
 }
 
+/// Replaces `buffer`'s contents with `items`, keeping its allocation.
+fn refill<T: Clone>(buffer: &mut Vec<T>, items: impl Iterator<Item = T>) {
+    buffer.clear();
+    buffer.extend(items);
+}
+
 impl Engine {
     /// The whole state as bytes. Equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
@@ -210,9 +216,7 @@ impl Engine {
     /// and the copy is what stops the engine thread.
     pub fn snapshot_into(&self, state: &mut SnapshotState) {
         self.copy_all_but_idempotency(state);
-        let s = &mut state.0;
-        s.idempotency.clear();
-        s.idempotency.extend(self.idempotency.items().cloned());
+        refill(&mut state.0.idempotency, self.idempotency.items().cloned());
         state.1 = None;
     }
 
@@ -227,10 +231,6 @@ impl Engine {
     }
 
     fn copy_all_but_idempotency(&self, state: &mut SnapshotState) {
-        fn refill<T: Clone>(buffer: &mut Vec<T>, items: impl Iterator<Item = T>) {
-            buffer.clear();
-            buffer.extend(items);
-        }
         let s = &mut state.0;
         s.format_version = SNAPSHOT_FORMAT_VERSION;
         s.config = self.config.clone();

@@ -658,11 +658,18 @@ const CPU_TICKS_PER_SECOND: u64 = 100;
 /// User + system CPU ticks of this process so far, from /proc/self/stat (None elsewhere).
 fn process_cpu_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may hold spaces; the fields after its ')' are plain.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    // Fields 14 and 15: utime and stime.
+    let mut fields = stat_fields(&stat)?.skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
     Some(user + system)
+}
+
+/// The fields of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat text from field 3 (the
+/// state) on. The command name, field 2, may hold spaces and parentheses, so they are the
+/// fields after its last ')'.
+pub(crate) fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace())
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -767,10 +767,7 @@ impl<S: Storage> EngineWorker<S> {
         if due && (shutdown || writer.is_idle()) {
             // Only the copy stops the engine thread; the writer thread encodes and writes it.
             let started = Instant::now();
-            if let Some(mut state) = writer.take_returned() {
-                self.mirror = self.mirror.take().or_else(|| state.take_mirror());
-                self.returned = Some(state);
-            }
+            take_back_state(writer, &mut self.mirror, &mut self.returned);
             // Without the mirror (still with a snapshot being written, at shutdown) the
             // window is copied whole.
             let state = match (self.returned.take(), self.mirror.take()) {
@@ -822,10 +819,7 @@ impl<S: Storage> EngineWorker<S> {
             // Idle is set after the state is handed back, so an idle writer has returned it.
             && writer.is_idle()
         {
-            if let Some(mut state) = writer.take_returned() {
-                self.mirror = state.take_mirror();
-                self.returned = Some(state);
-            }
+            take_back_state(writer, &mut self.mirror, &mut self.returned);
             if self.mirror.is_none() {
                 // The last snapshot went without one (or its state could not come back): one
                 // whole copy, once.
@@ -888,6 +882,20 @@ struct SnapshotShared {
     saved_seq: AtomicU64,
     /// The oldest of the last SNAPSHOTS_KEPT snapshots this run saved (0 until that many).
     covered_seq: AtomicU64,
+}
+
+/// Keeps the state a finished snapshot handed back (`returned`), for the next snapshot, and
+/// the mirror it carried unless the engine thread already has one.
+fn take_back_state(
+    writer: &SnapshotWriter,
+    mirror: &mut Option<IdempotencyMirror>,
+    returned: &mut Option<SnapshotState>,
+) {
+    if let Some(mut state) = writer.take_returned() {
+        let carried = state.take_mirror();
+        *mirror = mirror.take().or(carried);
+        *returned = Some(state);
+    }
 }
 
 /// The snapshot writer's niceness. Encoding a snapshot takes a core for a fraction of a second
@@ -1256,13 +1264,8 @@ mod tests {
                 })
                 .filter_map(|task| {
                     let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-                    // Field 19 (nice) is the 17th after the command name's ')'.
-                    stat.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(16)?
-                        .parse()
-                        .ok()
+                    // Field 19: nice.
+                    crate::metrics::stat_fields(&stat)?.nth(16)?.parse().ok()
                 })
                 .collect();
             if nices.contains(&(SNAPSHOT_THREAD_NICE as i64)) || started.elapsed() > GATE_PATIENCE {
