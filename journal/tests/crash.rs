@@ -52,7 +52,10 @@ fn run_child(dir: &std::path::Path, child_seed: u64, lines: u64) -> Option<u64> 
         .expect("spawn the crash child");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut printed = None;
-    for line in BufReader::new(stdout).lines().take(lines as usize) {
+    // The read end stays open until the child is reaped: closed earlier, the child's next
+    // print could fail with EPIPE and end it by itself (exit 1) before the SIGKILL lands.
+    let mut output = BufReader::new(stdout).lines();
+    for line in output.by_ref().take(lines as usize) {
         let durable: u64 = line.expect("child stdout").parse().expect("a durable seq");
         assert!(printed.is_none_or(|p| durable > p), "durable seqs increase");
         printed = Some(durable);
@@ -60,6 +63,7 @@ fn run_child(dir: &std::path::Path, child_seed: u64, lines: u64) -> Option<u64> 
     // SIGKILL on Unix; the child may have ended by itself already.
     let _ = child.kill();
     let status = child.wait().expect("reap the child");
+    drop(output);
     assert!(
         status.success() || status.code().is_none(),
         "the child failed by itself: {status}"
