@@ -255,7 +255,10 @@ mod tests {
         for (first, waits) in [(HTTP2_PREFACE, true), (&b"GET / HTTP/1.1\r\n"[..], false)] {
             let (mut connection, mut client) = accept_one().await;
             client.write_all(first).await.expect("write");
-            connection.read_exact(&mut vec![0; first.len()]).await.expect("read");
+            connection
+                .read_exact(&mut vec![0; first.len()])
+                .await
+                .expect("read");
             for answer in [&b"first"[..], b"second"] {
                 let before = woken();
                 let mut write = Pin::new(&mut connection).poll_write(&mut context, answer);
