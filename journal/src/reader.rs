@@ -33,6 +33,10 @@ pub struct Reader<R: StorageReader> {
     next_seq: u64,
     segment: u64,
     offset: u64,
+    /// The seq of the record that belongs at `offset`: a segment is named by its first seq,
+    /// and its records follow one another. Only a record with this seq is taken for the one
+    /// there (see `peek`).
+    offset_seq: u64,
     cursor: Option<Cursor<R::Segment>>,
 }
 
@@ -66,6 +70,7 @@ impl<R: StorageReader> Reader<R> {
             next_seq: from_seq,
             segment: 0,
             offset: 0,
+            offset_seq: 0,
             cursor: None,
         };
         reader.seek(from_seq)?;
@@ -102,6 +107,7 @@ impl<R: StorageReader> Reader<R> {
         self.cursor = Some(Cursor::new(file).map_err(io_error(|| format!("reading {describe}")))?);
         self.segment = segment;
         self.offset = SEGMENT_HEADER_LEN;
+        self.offset_seq = segment;
         Ok(())
     }
 
@@ -122,6 +128,7 @@ impl<R: StorageReader> Reader<R> {
             };
             let offset = self.offset;
             self.offset += record_len(length) as u64;
+            self.offset_seq = header.seq + 1;
             if header.seq < self.next_seq {
                 continue; // skipping forward to the seq asked for
             }
@@ -140,20 +147,24 @@ impl<R: StorageReader> Reader<R> {
     /// starts the next one.
     fn peek(&mut self) -> Result<Option<(RecordHeader, usize)>, JournalError> {
         let mut peeked = self.look()?;
-        if !matches!(peeked, Peeked::Record(_)) {
+        if !matches!(peeked, Peeked::Record(header) if header.seq == self.offset_seq) {
             // The buffer may have been read before this durable record was written (when the
             // reader had caught up, or while the writer was copying it): read it again before
-            // taking zeros for the end of the segment or a half-copied record for damage.
+            // taking zeros for the end of the segment, a half-copied record for damage, or a
+            // record of another seq for corruption. In a recycled segment that record can be a
+            // whole, valid one of the file's earlier life (an older seq), read just past the
+            // records then written; taken for a record this reader was skipping over, it would
+            // have put every later read out of step.
             self.cursor.as_mut().expect("positioned by seek").refresh();
             peeked = self.look()?;
         }
         match peeked {
-            Peeked::Record(header) if header.seq <= self.next_seq => {
+            Peeked::Record(header) if header.seq == self.offset_seq => {
                 Ok(Some((header, header.length as usize)))
             }
             Peeked::Record(header) => Err(self.corrupt(format!(
                 "seq {} where {} was expected",
-                header.seq, self.next_seq
+                header.seq, self.offset_seq
             ))),
             Peeked::End => Ok(None),
             Peeked::Invalid(reason) => Err(self.corrupt(reason)),

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use common::{Model, Rng, SEGMENT_BYTES, check_journal, config, hash_of, image, layout_of};
 use payu_journal::{
-    FlushMode, HEADER_LEN, Journal, JournalConfig, JournalError, MmapStorage, READERS_MAX,
-    RecordHeader, Recovery, SEGMENT_BYTES_MIN, SegmentRead, SimStorage, Storage, StorageReader,
-    WriteMode, end_marker_len, read_segment_header,
+    END_MARKER_ALIGN, FlushMode, HEADER_LEN, Journal, JournalConfig, JournalError, MmapStorage,
+    READERS_MAX, RecordHeader, Recovery, SEGMENT_BYTES_MIN, SegmentRead, SimStorage, Storage,
+    StorageReader, WriteMode, end_marker_len, read_segment_header, record_len,
 };
 
 /// A storage under test and what a crash does to it.
@@ -173,6 +173,7 @@ contract_tests!(
     replication_rejects_gaps_broken_chains_and_flipped_bits,
     payload_too_large_is_refused_and_the_largest_fits,
     recycled_segments_keep_every_flushed_record_across_crashes,
+    a_tailing_reader_never_takes_stale_records_of_a_recycled_segment_for_new_ones,
 );
 
 fn records_survive_reopen_in_order_across_segment_rolls<H: Harness>() {
@@ -358,6 +359,72 @@ fn recycled_segments_keep_every_flushed_record_across_crashes<H: Harness>() {
     } else {
         assert!(recycled.is_empty(), "{recycled:?} recycled in map mode");
     }
+}
+
+fn a_tailing_reader_never_takes_stale_records_of_a_recycled_segment_for_new_ones<H: Harness>() {
+    // Proves: a reader whose buffer holds a recycled segment as it was while the writer ran
+    // ahead of the durable point (new records, then the stale records of the file's earlier
+    // life, older seqs of the same size, so each sits where a new one starts) reads, after the
+    // next flush, exactly the records written since: it reads such bytes again rather than
+    // skipping a stale record as if it were seeking forward (which misaligned it, and stopped
+    // the node's read model with "seq N where M was expected").
+    const LEN: usize = 100;
+    let harness = H::fresh(31);
+    let (mut journal, _) = open(&harness);
+    let mut model = Model::default();
+    // Retire segments as a node does until the writer has just rolled into a recycled one.
+    // (With `WriteMode::Pwrite` appends reach the file at the flush, so there the reader
+    // cannot see records past the durable point; the sim, like `Map`, shows them at once, as
+    // a pwrite racing the reader's read can.)
+    let mut durable = 0;
+    for _ in 0..5_000 {
+        let seq = model.append(&mut journal, LEN);
+        let rolled = segments(&journal).last() == Some(&seq);
+        if seq % 10 == 0 || rolled {
+            durable = journal.flush().expect("flush");
+            // (A storage that never recycles: any roll after a few retired segments.)
+            let recycled = recycled_segments(&journal).contains(&seq);
+            if rolled && (recycled || (!H::RECYCLES && seq > 500)) {
+                break;
+            }
+            journal
+                .remove_covered(durable.saturating_sub(20))
+                .expect("retention");
+        }
+    }
+    let last = *segments(&journal).last().expect("a segment");
+    assert_eq!(durable, last, "flushed right after the roll");
+    assert_eq!(
+        recycled_segments(&journal).contains(&last),
+        H::RECYCLES,
+        "the segment being written reuses a retired file exactly when the storage recycles"
+    );
+    let mut reader = journal.reader(durable).expect("reader");
+    // Past the end marker of the flush (a record header's worth, up to the next 4 KiB
+    // boundary); twice that still fits the segment.
+    let ahead = (END_MARKER_ALIGN as usize + HEADER_LEN).div_ceil(record_len(LEN)) + 1;
+    for _ in 0..ahead {
+        model.append(&mut journal, LEN);
+    }
+    let first = reader.next().expect("read").expect("the durable record");
+    assert_eq!(first.header.seq, durable);
+    assert!(
+        reader.next().expect("read").is_none(),
+        "records not yet flushed are invisible"
+    );
+    // Written over the stale records the reader holds, and flushed.
+    for _ in 0..ahead {
+        model.append(&mut journal, LEN);
+    }
+    journal.flush().expect("flush");
+    assert_eq!(segments(&journal).last(), Some(&last), "all in one segment");
+    let mut next = durable + 1;
+    while let Some(record) = reader.next().expect("read") {
+        assert_eq!(record.header.seq, next);
+        assert!(record.payload() == model.get(next).payload);
+        next += 1;
+    }
+    assert_eq!(next, model.next_seq(), "the reader caught up");
 }
 
 /// The segments of `journal` whose header says they reuse a retired segment's file.
