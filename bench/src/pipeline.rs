@@ -422,7 +422,7 @@ fn run_scenario(
     )
     .context("starting the pipeline")?;
     let driven = drive(settings, workload, &pipeline.submitter);
-    let engine = pipeline
+    let mut engine = pipeline
         .shutdown()
         .map_err(|error| anyhow::anyhow!("the pipeline failed: {error}"))?;
     let driven = driven?;
@@ -441,7 +441,7 @@ fn run_scenario(
     engine
         .verify()
         .map_err(|reason| anyhow::anyhow!("ledger invariant broken: {reason}"))?;
-    let snapshot = SnapshotCost::measure(&engine)?;
+    let snapshot = SnapshotCost::measure(&mut engine)?;
     drop(engine);
     let flushed = FlushStats::from_metrics(&metrics.render())?;
     ensure!(
@@ -508,18 +508,19 @@ impl Rolls {
 }
 
 /// What a snapshot of the final engine costs: the copy the engine thread waits for (into fresh
-/// memory, as the node's first snapshot; then into the same buffers, as every later one), and
-/// the encoding the node's writer thread does meanwhile.
+/// memory; into the same buffers; with a mirror in step, as the node takes every snapshot),
+/// and the encoding the node's writer thread does meanwhile.
 struct SnapshotCost {
     copy_ms: f64,
     copy_reused_ms: f64,
+    copy_mirrored_ms: f64,
     encode_ms: f64,
     encode_sized_ms: f64,
     bytes: usize,
 }
 
 impl SnapshotCost {
-    fn measure(engine: &Engine) -> anyhow::Result<SnapshotCost> {
+    fn measure(engine: &mut Engine) -> anyhow::Result<SnapshotCost> {
         let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
         let started = Instant::now();
         let mut state = engine.snapshot_state();
@@ -534,9 +535,23 @@ impl SnapshotCost {
             sized == bytes,
             "the same state encoded to {bytes} and then {sized} bytes"
         );
+        // The node makes its mirror once and syncs it after every batch, so at a snapshot it
+        // is in step but for the last batch at most.
+        // (The full copy's buffers are freed first: the node's states never hold them.)
+        drop(state);
+        let mirror = engine.snapshot_mirror();
+        let mirroring = Instant::now();
+        let mut state = engine.snapshot_state_mirrored(mirror);
+        let mirrored = Instant::now();
+        let mirrored_bytes = state.encode_sized(bytes).len();
+        ensure!(
+            mirrored_bytes == bytes,
+            "the state encoded to {bytes} bytes, and with a mirror to {mirrored_bytes}"
+        );
         Ok(SnapshotCost {
             copy_ms: ms(started, copied),
             copy_reused_ms: ms(encoded, copied_again),
+            copy_mirrored_ms: ms(mirroring, mirrored),
             encode_ms: ms(copied, encoded),
             encode_sized_ms: ms(copied_again, encoded_again),
             bytes,
@@ -1108,13 +1123,15 @@ fn scenario_report(m: ScenarioMeasured<'_>) -> Value {
     let snapshot = json!({
         "snapshot_copy_ms": m.snapshot.copy_ms,
         "snapshot_copy_reused_ms": m.snapshot.copy_reused_ms,
+        "snapshot_copy_mirrored_ms": m.snapshot.copy_mirrored_ms,
         "snapshot_encode_sized_ms": m.snapshot.encode_sized_ms,
         "snapshot_encode_ms": m.snapshot.encode_ms,
         "snapshot_bytes": m.snapshot.bytes,
         "snapshot_basis": "the final engine (setup accounts, every command's idempotency entry): \
             Engine::snapshot_state, the copy that stops the node's engine thread (copy: into fresh \
-            memory, as a node's first snapshot; copy_reused: Engine::snapshot_into the same \
-            buffers, as every later one), and SnapshotState::encode, done on the node's \
+            memory; copy_reused: Engine::snapshot_into the same buffers; copy_mirrored: \
+            Engine::snapshot_into_mirrored with a mirror of the window and accounts in step, as \
+            the node takes every snapshot), and SnapshotState::encode, done on the node's \
             snapshot writer thread (encode: into a growing buffer, as a node's first snapshot; \
             encode_sized: into one sized from the last snapshot, as every later one)",
     });

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::accounts::Accounts;
 use crate::amount::{Amount, BALANCE_UNITS_MAX, Currency};
 use crate::calendar::{Date, jakarta_date, month_index};
 use crate::command::*;
@@ -40,8 +41,8 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) last_seq: u64,
     pub(crate) last_timestamp: Timestamp,
-    /// Indexed by `AccountId - 1`.
-    pub(crate) accounts: Vec<Account>,
+    /// Indexed by `AccountId - 1`; changed only through `Accounts::get_mut` and `push`.
+    pub(crate) accounts: Accounts,
     pub(crate) pockets: BTreeMap<AccountId, Pocket>,
     pub(crate) holds: HashMap<HoldId, Hold, FoldHasherBuilder>,
     pub(crate) hold_deadlines: BTreeSet<(Timestamp, HoldId)>,
@@ -124,7 +125,7 @@ impl Engine {
         Engine {
             last_seq: 0,
             last_timestamp: Timestamp(0),
-            accounts: Vec::with_capacity(capacity(config.accounts_max)),
+            accounts: Accounts::with_capacity(capacity(config.accounts_max)),
             pockets: BTreeMap::new(),
             holds: HashMap::with_capacity_and_hasher(
                 capacity(config.holds_active_max),
@@ -334,13 +335,13 @@ impl Engine {
             return Err(RejectCode::AccountNotEmpty);
         }
         let parent = account.parent;
-        let account = &mut self.accounts[index];
+        let account = self.accounts.get_mut(index);
         account.tier = c.tier.unwrap_or(account.tier);
         account.overdraft_limit = c.overdraft_limit.unwrap_or(account.overdraft_limit);
         account.status = c.status.unwrap_or(account.status);
         if closing && account.kind == AccountKind::Pocket {
             let parent = self.index_of(parent);
-            self.accounts[parent].open_pockets -= 1;
+            self.accounts.get_mut(parent).open_pockets -= 1;
         }
         Ok(CommandResult::AccountUpdated { account: c.account })
     }
@@ -369,7 +370,7 @@ impl Engine {
                 parent: c.parent,
             },
         );
-        self.accounts[parent].open_pockets += 1;
+        self.accounts.get_mut(parent).open_pockets += 1;
         let record = Pocket {
             id: pocket,
             parent: c.parent,
@@ -861,7 +862,7 @@ impl Engine {
 
     /// The one place balances change. Returns the balance after.
     fn change_balance(&mut self, index: usize, delta: i128) -> i128 {
-        let account = &mut self.accounts[index];
+        let account = self.accounts.get_mut(index);
         account.balance += delta;
         self.net_units += delta;
         assert!(
@@ -880,7 +881,7 @@ impl Engine {
 
     /// The one place held amounts change. Returns the held amount after.
     fn change_held(&mut self, index: usize, delta: i128) -> i128 {
-        let account = &mut self.accounts[index];
+        let account = self.accounts.get_mut(index);
         account.held += delta;
         assert!(account.held >= 0, "held amount below zero");
         let floor = -i128::from(account.overdraft_limit.0);
@@ -889,7 +890,7 @@ impl Engine {
     }
 
     fn count_outgoing(&mut self, index: usize, amount: Amount, now: Now) {
-        let account = &mut self.accounts[index];
+        let account = self.accounts.get_mut(index);
         if !PARTIES.contains(&account.kind) {
             return;
         }
@@ -902,7 +903,7 @@ impl Engine {
     }
 
     fn give_back_limits(&mut self, index: usize, amount: Amount, date: Date, month: u32) {
-        let account = &mut self.accounts[index];
+        let account = self.accounts.get_mut(index);
         if account.spent_date == date {
             account.spent_day = Amount(account.spent_day.0.saturating_sub(amount.0));
         }
@@ -972,7 +973,7 @@ impl Engine {
     /// The sum of all balances per currency, by a full scan. Zero for every currency.
     pub fn ledger_totals(&self) -> BTreeMap<Currency, i128> {
         let mut totals = BTreeMap::new();
-        for account in &self.accounts {
+        for account in self.accounts.iter() {
             *totals.entry(account.currency).or_insert(0) += account.balance;
         }
         totals

@@ -9,6 +9,7 @@
 //! edge ([`Amount::from_decimal`], [`units_to_decimal`]). Nothing here derives `Serialize`: the
 //! gateway owns the wire format. Commands, outcomes and snapshots are rkyv-encodable.
 
+mod accounts;
 mod amount;
 mod calendar;
 mod command;
@@ -30,6 +31,6 @@ pub use config::{CAPACITY_MAX, EngineConfig, TIERS_MAX, TierLimits};
 pub use engine::{EXPIRIES_PER_COMMAND_MAX, Engine, EngineStats};
 pub use ids::*;
 pub use outcome::*;
-pub use snapshot::{IdempotencyMirror, SNAPSHOT_FORMAT_VERSION, SnapshotError, SnapshotState};
+pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError, SnapshotMirror, SnapshotState};
 pub use state::{Account, FinishedHold, Hold, HoldEnd, IdempotencyEntry, PaymentRecord, Pocket};
 pub use window::WINDOW_EXPIRIES_PER_COMMAND_MAX;

@@ -71,29 +71,37 @@ impl std::error::Error for SnapshotError {}
 
 /// The engine's state copied out for a snapshot. Copying is the only part that must stop the
 /// engine thread; `encode`, which costs several times more, runs on any thread meanwhile.
-pub struct SnapshotState(EngineSnapshot, Option<IdempotencyMirror>);
+pub struct SnapshotState(EngineSnapshot, Option<SnapshotMirror>);
 
-/// A copy of the idempotency window that the engine thread keeps current between snapshots, a
-/// few entries per batch ([`Engine::sync_idempotency_mirror`]). An entry never changes once it
-/// is in the window: entries are pushed at the back and leave from the front. So a snapshot
-/// that carries a synced mirror ([`Engine::snapshot_into_mirrored`]) copies only the rest of
-/// the state on the engine thread. The window, 64 bytes per command and most of a snapshot, is
-/// already there, and it becomes the encoded list on the thread that encodes.
+/// The biggest parts of the state, copied and kept current by the engine thread between
+/// snapshots, a few items per batch ([`Engine::sync_snapshot_mirror`]), so that a snapshot
+/// that carries the mirror ([`Engine::snapshot_into_mirrored`]) copies only the rest:
+/// - the idempotency window (64 bytes per command, most of a snapshot). An entry never changes
+///   once it is in the window: entries are pushed at the back and leave from the front, so a
+///   sync drops what left and copies what came;
+/// - the accounts (96 bytes each). The engine records which accounts change, and a sync
+///   copies those and the new ones.
+///
+/// The mirror becomes the encoded lists on the thread that encodes.
 #[derive(Debug)]
-pub struct IdempotencyMirror {
+pub struct SnapshotMirror {
     items: VecDeque<IdempotencyEntry>,
     /// The window position of `items[0]` (positions count every entry ever pushed).
     first_position: u64,
+    /// Which copy of the accounts this is, for the engine that keeps it (`Accounts`).
+    accounts_id: u64,
+    accounts: Vec<Account>,
 }
 
-impl IdempotencyMirror {
-    /// Entries held.
-    pub fn len(&self) -> usize {
+impl SnapshotMirror {
+    /// Idempotency entries held.
+    pub fn idempotency_entries(&self) -> usize {
         self.items.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+    /// Accounts held.
+    pub fn accounts(&self) -> usize {
+        self.accounts.len()
     }
 }
 
@@ -110,23 +118,25 @@ impl SnapshotState {
 
     /// `encode` into a buffer allocated for `bytes_hint` bytes up front (the size of the last
     /// snapshot, say), instead of one that doubles its way there, copying as it grows. A
-    /// mirrored window is lent to the encoded list and taken back (in place, no copy, unless
-    /// the mirror's ring wrapped: then it is straightened here, on the encoding thread).
+    /// mirror's lists are lent to the encoded ones and taken back (in place, no copy, unless
+    /// the window's ring wrapped: then it is straightened here, on the encoding thread).
     pub fn encode_sized(&mut self, bytes_hint: usize) -> Vec<u8> {
         if let Some(mirror) = self.1.as_mut() {
             self.0.idempotency = Vec::from(std::mem::take(&mut mirror.items));
+            self.0.accounts = std::mem::take(&mut mirror.accounts);
         }
         let buffer = AlignedVec::<16>::with_capacity(bytes_hint);
         let bytes = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&self.0, buffer);
         if let Some(mirror) = self.1.as_mut() {
             mirror.items = VecDeque::from(std::mem::take(&mut self.0.idempotency));
+            mirror.accounts = std::mem::take(&mut self.0.accounts);
         }
         // Serialising owned, in-memory data into a growable buffer cannot fail.
         bytes.expect("snapshot serialisation").into_vec()
     }
 
     /// The mirror this state carried, to be synced and used for the next snapshot.
-    pub fn take_mirror(&mut self) -> Option<IdempotencyMirror> {
+    pub fn take_mirror(&mut self) -> Option<SnapshotMirror> {
         self.1.take()
     }
 }
@@ -150,9 +160,9 @@ impl Engine {
         state
     }
 
-    /// `snapshot_state`, with `mirror` carrying the idempotency window
+    /// `snapshot_state`, with `mirror` carrying the window and the accounts
     /// (`snapshot_into_mirrored`).
-    pub fn snapshot_state_mirrored(&self, mirror: IdempotencyMirror) -> SnapshotState {
+    pub fn snapshot_state_mirrored(&mut self, mirror: SnapshotMirror) -> SnapshotState {
         let mut state = self.empty_snapshot_state();
         self.snapshot_into_mirrored(&mut state, mirror);
         state
@@ -181,22 +191,31 @@ impl Engine {
         )
     }
 
-    /// A mirror of the idempotency window, in sync now, with room for the window's bound
-    /// allocated up front (touched as used), so keeping it in sync never regrows it.
-    pub fn idempotency_mirror(&self) -> IdempotencyMirror {
+    /// A mirror of the idempotency window and the accounts, in step now: one whole copy. The
+    /// window's bound is allocated up front (touched as used), so keeping it in step never
+    /// regrows it. From now on the engine records account changes for this mirror (and no
+    /// other: an older one is copied whole again at its next sync).
+    pub fn snapshot_mirror(&mut self) -> SnapshotMirror {
         let bound = usize::try_from(self.config.idempotency_entries_max).unwrap_or(usize::MAX);
-        let mut mirror = IdempotencyMirror {
+        let (accounts_id, accounts) = self.accounts.new_mirror();
+        let mut mirror = SnapshotMirror {
             items: VecDeque::with_capacity(bound.max(self.idempotency.len())),
             first_position: 0,
+            accounts_id,
+            accounts,
         };
-        self.sync_idempotency_mirror(&mut mirror);
+        self.sync_snapshot_mirror(&mut mirror);
         mirror
     }
 
-    /// Brings `mirror` in step with the idempotency window: drops the entries that left it
-    /// and copies the ones that entered since the last sync. A mirror from another window (or
-    /// one that fell behind by more than the window holds) is rebuilt whole.
-    pub fn sync_idempotency_mirror(&self, mirror: &mut IdempotencyMirror) {
+    /// Brings `mirror` in step with the engine:
+    /// - the window: drops the entries that left it and copies the ones that entered since the
+    ///   last sync;
+    /// - the accounts: copies those changed since the last sync, and the new ones.
+    ///
+    /// A mirror from another engine (or one that fell behind by more than the window holds,
+    /// or whose account changes this engine stopped recording) is rebuilt whole.
+    pub fn sync_snapshot_mirror(&mut self, mirror: &mut SnapshotMirror) {
         let (first, items) = self.idempotency.positioned_items();
         let end = first + items.len() as u64;
         let mirror_end = mirror.first_position + mirror.items.len() as u64;
@@ -209,28 +228,38 @@ impl Engine {
         mirror.first_position = first;
         let held = mirror.items.len();
         mirror.items.extend(items.range(held..).cloned());
+        mirror.accounts_id = self
+            .accounts
+            .sync_mirror(mirror.accounts_id, &mut mirror.accounts);
     }
 
     /// Copies the whole state into `state`, overwriting what it held and reusing its buffers:
     /// copying into memory already faulted in is several times faster than into fresh pages,
     /// and the copy is what stops the engine thread.
     pub fn snapshot_into(&self, state: &mut SnapshotState) {
-        self.copy_all_but_idempotency(state);
+        self.copy_unmirrored(state);
+        refill(&mut state.0.accounts, self.accounts.iter().cloned());
         refill(&mut state.0.idempotency, self.idempotency.items().cloned());
         state.1 = None;
     }
 
-    /// `snapshot_into` without copying the idempotency window: `mirror` (synced here first,
-    /// which copies only what entered since its last sync) travels in the state instead and is
-    /// written out by `encode`. Take it back with `SnapshotState::take_mirror`.
-    pub fn snapshot_into_mirrored(&self, state: &mut SnapshotState, mut mirror: IdempotencyMirror) {
-        self.sync_idempotency_mirror(&mut mirror);
-        self.copy_all_but_idempotency(state);
+    /// `snapshot_into` without copying the idempotency window or the accounts: `mirror` (synced
+    /// here first, which copies only what changed since its last sync) travels in the state
+    /// instead and is written out by `encode`. Take it back with `SnapshotState::take_mirror`.
+    pub fn snapshot_into_mirrored(
+        &mut self,
+        state: &mut SnapshotState,
+        mut mirror: SnapshotMirror,
+    ) {
+        self.sync_snapshot_mirror(&mut mirror);
+        self.copy_unmirrored(state);
+        state.0.accounts = Vec::new();
         state.0.idempotency = Vec::new();
         state.1 = Some(mirror);
     }
 
-    fn copy_all_but_idempotency(&self, state: &mut SnapshotState) {
+    /// Copies everything a mirror does not carry.
+    fn copy_unmirrored(&self, state: &mut SnapshotState) {
         let s = &mut state.0;
         s.format_version = SNAPSHOT_FORMAT_VERSION;
         s.config = self.config.clone();
@@ -238,7 +267,6 @@ impl Engine {
         s.last_timestamp = self.last_timestamp;
         s.next_txn = self.next_txn;
         s.next_hold = self.next_hold;
-        refill(&mut s.accounts, self.accounts.iter().cloned());
         refill(&mut s.pockets, self.pockets.values().cloned());
         refill(&mut s.holds, self.holds.values().cloned());
         s.holds.sort_unstable_by_key(|hold| hold.id);

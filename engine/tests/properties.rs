@@ -1425,40 +1425,61 @@ proptest! {
         }
     }
 
-    // Proves a snapshot that carries a mirrored idempotency window encodes to the same bytes as
-    // a full copy, however long ago the mirror was last synced (its window evicting by count
-    // and by time meanwhile); that the mirror comes back from `encode` in step; and that a
-    // mirror of another engine (here: before a restore) is rebuilt, not trusted.
+    // Proves a snapshot that carries a mirror (the idempotency window and the accounts) encodes
+    // to the same bytes as a full copy, however long ago the mirror was last synced (its window
+    // evicting by count and by time meanwhile, accounts opening and changing); that the mirror
+    // comes back from `encode` in step; and that a mirror the engine does not keep (another
+    // engine's, here a restored one's; or an older one, once a newer exists) is rebuilt, not
+    // trusted.
     #[test]
     fn mirrored_snapshots_match_full_copies(case in case(20, 200), every in 1usize..8) {
         let planned = Driver::plan(&case);
+        let (head, tail) = planned.split_at(planned.len() * 3 / 4);
         let mut engine = Engine::new(config(case.profile));
         let mut state = engine.snapshot_state();
-        let mut mirror = Some(engine.idempotency_mirror());
-        for (i, p) in planned.iter().enumerate() {
+        let mut mirror = Some(engine.snapshot_mirror());
+        for (i, p) in head.iter().enumerate() {
             engine.apply(p.seq, p.at, &p.command);
             if i % every == 0 {
-                engine.sync_idempotency_mirror(mirror.as_mut().expect("the mirror is home"));
+                engine.sync_snapshot_mirror(mirror.as_mut().expect("the mirror is home"));
             }
             if i % 3 == 0 {
                 engine.snapshot_into_mirrored(&mut state, mirror.take().expect("the mirror is home"));
                 prop_assert_eq!(state.encode_sized(16), engine.snapshot(), "mirrored snapshot at seq {}", p.seq);
                 mirror = state.take_mirror();
                 prop_assert!(mirror.is_some(), "the mirror came back");
+                let stats = engine.stats();
                 prop_assert_eq!(
-                    mirror.as_ref().map(|m| m.len()),
-                    Some(engine.stats().idempotency_entries as usize)
+                    mirror.as_ref().map(|m| (m.idempotency_entries(), m.accounts())),
+                    Some((stats.idempotency_entries as usize, stats.accounts as usize))
                 );
                 // Without its mirror the state encodes as a full copy does.
                 engine.snapshot_into(&mut state);
                 prop_assert_eq!(state.encode(), engine.snapshot());
             }
         }
-        let restored = Engine::restore(&engine.snapshot()).expect("restores");
+        // Another engine's mirror (here the original's, to a restored engine) is rebuilt.
+        let mut restored = Engine::restore(&engine.snapshot()).expect("restores");
         let mut stale = mirror.expect("the mirror is home");
-        restored.sync_idempotency_mirror(&mut stale);
+        restored.sync_snapshot_mirror(&mut stale);
         restored.snapshot_into_mirrored(&mut state, stale);
         prop_assert_eq!(state.encode(), restored.snapshot());
+        // So is an older mirror once a newer one exists: the changes between the two were
+        // recorded for the older one, and handed to the newer one's sync.
+        let (before, after) = tail.split_at(tail.len() / 2);
+        let older = engine.snapshot_mirror();
+        for p in before {
+            engine.apply(p.seq, p.at, &p.command);
+        }
+        let mut newer = engine.snapshot_mirror();
+        for p in after {
+            engine.apply(p.seq, p.at, &p.command);
+        }
+        engine.sync_snapshot_mirror(&mut newer);
+        engine.snapshot_into_mirrored(&mut state, older);
+        prop_assert_eq!(state.encode(), engine.snapshot(), "the older mirror");
+        engine.snapshot_into_mirrored(&mut state, newer);
+        prop_assert_eq!(state.encode(), engine.snapshot(), "the newer mirror, rebuilt in turn");
     }
 
     // Proves a damaged snapshot (any byte flipped, any cut) gives Err or a valid engine that

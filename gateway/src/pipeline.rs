@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use disruptor::{BusySpin, EventPoller, Polling, Producer, SingleConsumerBarrier};
 use payu_engine::{
-    Command, CommandBody, Engine, IdempotencyMirror, Outcome, SnapshotState, Timestamp,
+    Command, CommandBody, Engine, Outcome, SnapshotMirror, SnapshotState, Timestamp,
 };
 use payu_journal::{Entry, EntryEncoder, Journal, SnapshotStore, Storage};
 use tokio::sync::oneshot;
@@ -460,11 +460,12 @@ struct EngineWorker<S: Storage> {
     /// Journal bytes (whole records) appended since the last snapshot.
     bytes_since_snapshot: u64,
     snapshot_writer: Option<SnapshotWriter>,
-    /// The idempotency window's copy for the next snapshot, kept in step after every batch
-    /// (with snapshots on; `None` while a snapshot being written holds it). The window is most
-    /// of a snapshot, and copying it whole on this thread paused every reply for 57–176 ms at
-    /// 0.4–1.2M entries under load (docs/PERFORMANCE.md).
-    mirror: Option<IdempotencyMirror>,
+    /// The idempotency window's and the accounts' copy for the next snapshot, kept in step
+    /// after every batch (with snapshots on; `None` while a snapshot being written holds it).
+    /// They are most of a snapshot: copying the window whole on this thread paused every reply
+    /// for 57–176 ms at 0.4–1.2M entries under load, and the accounts for tens of milliseconds
+    /// at a million (docs/PERFORMANCE.md).
+    mirror: Option<SnapshotMirror>,
     /// A written snapshot's state, back from the writer, to be reused by the next one.
     returned: Option<SnapshotState>,
 }
@@ -476,7 +477,7 @@ impl<S: Storage> EngineWorker<S> {
         if let Some(store) = self.snapshots.take() {
             self.snapshot_writer = Some(SnapshotWriter::start(store)?);
             // One whole copy, before the first command.
-            self.mirror = Some(self.engine.idempotency_mirror());
+            self.mirror = Some(self.engine.snapshot_mirror());
         }
         let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_COMMANDS_MAX);
         let result = self.run_loop(&mut batch);
@@ -823,11 +824,11 @@ impl<S: Storage> EngineWorker<S> {
             if self.mirror.is_none() {
                 // The last snapshot went without one (or its state could not come back): one
                 // whole copy, once.
-                self.mirror = Some(self.engine.idempotency_mirror());
+                self.mirror = Some(self.engine.snapshot_mirror());
             }
         }
         if let Some(mirror) = self.mirror.as_mut() {
-            self.engine.sync_idempotency_mirror(mirror);
+            self.engine.sync_snapshot_mirror(mirror);
         }
     }
 
@@ -888,7 +889,7 @@ struct SnapshotShared {
 /// the mirror it carried unless the engine thread already has one.
 fn take_back_state(
     writer: &SnapshotWriter,
-    mirror: &mut Option<IdempotencyMirror>,
+    mirror: &mut Option<SnapshotMirror>,
     returned: &mut Option<SnapshotState>,
 ) {
     if let Some(mut state) = writer.take_returned() {
