@@ -68,17 +68,11 @@ impl Accounts {
         &mut self.items[index]
     }
 
-    /// A new mirror: a whole copy, kept in step from now on by [`Accounts::sync_mirror`].
-    pub(crate) fn new_mirror(&mut self) -> (u64, Vec<Account>) {
-        let mut copy = Vec::new();
-        let id = self.copy_whole(&mut copy);
-        (id, copy)
-    }
-
     /// Brings `copy` (the accounts of mirror `id`) in step: only the accounts changed since its
-    /// last sync, plus the new ones. A copy these changes are not recorded for (another
-    /// mirror's, another engine's, or one this engine stopped recording for) is made again
-    /// whole, under a new id. Returns the id the copy has now.
+    /// last sync, plus the new ones. A copy these changes are not recorded for (a new one, id
+    /// 0; another mirror's; another engine's; or one this engine stopped recording for) is
+    /// made again whole, under a new id, and changes are recorded for it from then on.
+    /// Returns the id the copy has now.
     pub(crate) fn sync_mirror(&mut self, id: u64, copy: &mut Vec<Account>) -> u64 {
         if id == 0 || id != self.mirror || copy.len() > self.items.len() {
             return self.copy_whole(copy);
@@ -167,7 +161,8 @@ mod tests {
         // Nothing is recorded before a mirror exists.
         accounts.get_mut(3).balance += 1;
         assert!(accounts.changed.is_empty());
-        let (id, mut copy) = accounts.new_mirror();
+        let mut copy = Vec::new();
+        let id = accounts.sync_mirror(0, &mut copy);
         assert_eq!(copy, &accounts[..]);
         for index in [5, 130, 5, 199, 64] {
             accounts.get_mut(index).balance += 10;
@@ -194,8 +189,9 @@ mod tests {
     fn a_mirror_the_changes_are_not_kept_for_is_copied_again_whole() {
         let mut accounts = Accounts::default();
         accounts.extend((0..10).map(account));
-        let (old, mut old_copy) = accounts.new_mirror();
-        let (new, mut new_copy) = accounts.new_mirror();
+        let (mut old_copy, mut new_copy) = (Vec::new(), Vec::new());
+        let old = accounts.sync_mirror(0, &mut old_copy);
+        let new = accounts.sync_mirror(0, &mut new_copy);
         assert_ne!(old, new);
         accounts.get_mut(2).balance = 99;
         // The older mirror's copy missed nothing, but changes are kept for the newer one.

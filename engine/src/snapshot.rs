@@ -14,7 +14,7 @@ use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::ids::Timestamp;
 use crate::state::{Account, FinishedHold, Hold, IdempotencyEntry, PaymentRecord, Pocket};
-use crate::window::Window;
+use crate::window::{Window, WindowMirror};
 
 /// Bumped whenever `EngineSnapshot`'s shape changes; restore refuses other versions.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -75,34 +75,41 @@ pub struct SnapshotState(EngineSnapshot, Option<SnapshotMirror>);
 
 /// The biggest parts of the state, copied and kept current by the engine thread between
 /// snapshots, a few items per batch ([`Engine::sync_snapshot_mirror`]), so that a snapshot
-/// that carries the mirror ([`Engine::snapshot_into_mirrored`]) copies only the rest:
-/// - the idempotency window (64 bytes per command, most of a snapshot). An entry never changes
-///   once it is in the window: entries are pushed at the back and leave from the front, so a
-///   sync drops what left and copies what came;
+/// that carries the mirror ([`Engine::snapshot_into_mirrored`]) copies only the rest (pockets
+/// and active holds):
+/// - the idempotency window (64 bytes per command, most of a snapshot), finished holds and
+///   refundable payments. Items enter a window at the back and leave from the front, so a
+///   sync drops what left and copies what came, and the few payments a refund changed;
 /// - the accounts (96 bytes each). The engine records which accounts change, and a sync
 ///   copies those and the new ones.
 ///
 /// The mirror becomes the encoded lists on the thread that encodes.
 #[derive(Debug)]
 pub struct SnapshotMirror {
-    items: VecDeque<IdempotencyEntry>,
-    /// The window position of `items[0]` (positions count every entry ever pushed).
-    first_position: u64,
-    /// Which copy of the accounts this is, for the engine that keeps it (`Accounts`).
-    accounts_id: u64,
+    /// Which copy this is, for the engine that keeps it in step (`Accounts`): a sync against
+    /// an engine that does not record its changes copies everything whole.
+    id: u64,
     accounts: Vec<Account>,
+    idempotency: WindowMirror<IdempotencyEntry>,
+    finished_holds: WindowMirror<FinishedHold>,
+    payments: WindowMirror<PaymentRecord>,
 }
 
 impl SnapshotMirror {
     /// Idempotency entries held.
     pub fn idempotency_entries(&self) -> usize {
-        self.items.len()
+        self.idempotency.items.len()
     }
 
     /// Accounts held.
     pub fn accounts(&self) -> usize {
         self.accounts.len()
     }
+}
+
+/// Moves `from`'s items into `to`, keeping the buffer (a ring that wrapped is straightened).
+fn lend<T>(from: &mut VecDeque<T>, to: &mut Vec<T>) {
+    *to = Vec::from(std::mem::take(from));
 }
 
 impl SnapshotState {
@@ -122,14 +129,19 @@ impl SnapshotState {
     /// the window's ring wrapped: then it is straightened here, on the encoding thread).
     pub fn encode_sized(&mut self, bytes_hint: usize) -> Vec<u8> {
         if let Some(mirror) = self.1.as_mut() {
-            self.0.idempotency = Vec::from(std::mem::take(&mut mirror.items));
             self.0.accounts = std::mem::take(&mut mirror.accounts);
+            lend(&mut mirror.idempotency.items, &mut self.0.idempotency);
+            lend(&mut mirror.finished_holds.items, &mut self.0.finished_holds);
+            lend(&mut mirror.payments.items, &mut self.0.payments);
         }
         let buffer = AlignedVec::<16>::with_capacity(bytes_hint);
         let bytes = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&self.0, buffer);
         if let Some(mirror) = self.1.as_mut() {
-            mirror.items = VecDeque::from(std::mem::take(&mut self.0.idempotency));
             mirror.accounts = std::mem::take(&mut self.0.accounts);
+            mirror.idempotency.items = VecDeque::from(std::mem::take(&mut self.0.idempotency));
+            mirror.finished_holds.items =
+                VecDeque::from(std::mem::take(&mut self.0.finished_holds));
+            mirror.payments.items = VecDeque::from(std::mem::take(&mut self.0.payments));
         }
         // Serialising owned, in-memory data into a growable buffer cannot fail.
         bytes.expect("snapshot serialisation").into_vec()
@@ -160,7 +172,7 @@ impl Engine {
         state
     }
 
-    /// `snapshot_state`, with `mirror` carrying the window and the accounts
+    /// `snapshot_state`, with `mirror` carrying the accounts and the windows
     /// (`snapshot_into_mirrored`).
     pub fn snapshot_state_mirrored(&mut self, mirror: SnapshotMirror) -> SnapshotState {
         let mut state = self.empty_snapshot_state();
@@ -191,46 +203,49 @@ impl Engine {
         )
     }
 
-    /// A mirror of the idempotency window and the accounts, in step now: one whole copy. The
-    /// window's bound is allocated up front (touched as used), so keeping it in step never
-    /// regrows it. From now on the engine records account changes for this mirror (and no
-    /// other: an older one is copied whole again at its next sync).
+    /// A mirror of the windows and the accounts, in step now: one whole copy. Each window's
+    /// bound is allocated up front (touched as used), so keeping the mirror in step never
+    /// regrows it. From now on the engine records changes for this mirror (and no other: an
+    /// older one is copied whole again at its next sync).
     pub fn snapshot_mirror(&mut self) -> SnapshotMirror {
-        let bound = usize::try_from(self.config.idempotency_entries_max).unwrap_or(usize::MAX);
-        let (accounts_id, accounts) = self.accounts.new_mirror();
+        let bound = |max: u64, held: usize| usize::try_from(max).unwrap_or(usize::MAX).max(held);
+        let config = &self.config;
         let mut mirror = SnapshotMirror {
-            items: VecDeque::with_capacity(bound.max(self.idempotency.len())),
-            first_position: 0,
-            accounts_id,
-            accounts,
+            id: 0,
+            accounts: Vec::new(),
+            idempotency: WindowMirror::with_capacity(bound(
+                config.idempotency_entries_max,
+                self.idempotency.len(),
+            )),
+            finished_holds: WindowMirror::with_capacity(bound(
+                config.finished_holds_max,
+                self.finished_holds.len(),
+            )),
+            payments: WindowMirror::with_capacity(bound(
+                config.refundable_payments_max,
+                self.payments.len(),
+            )),
         };
         self.sync_snapshot_mirror(&mut mirror);
         mirror
     }
 
-    /// Brings `mirror` in step with the engine:
-    /// - the window: drops the entries that left it and copies the ones that entered since the
-    ///   last sync;
-    /// - the accounts: copies those changed since the last sync, and the new ones.
-    ///
-    /// A mirror from another engine (or one that fell behind by more than the window holds,
-    /// or whose account changes this engine stopped recording) is rebuilt whole.
+    /// Brings `mirror` in step with the engine: the accounts changed since its last sync and
+    /// the new ones; in each window the items that left, came or (payments) changed. A mirror
+    /// whose changes this engine does not record (another engine's, or an older one of this
+    /// engine's once a newer exists) is copied again whole.
     pub fn sync_snapshot_mirror(&mut self, mirror: &mut SnapshotMirror) {
-        let (first, items) = self.idempotency.positioned_items();
-        let end = first + items.len() as u64;
-        let mirror_end = mirror.first_position + mirror.items.len() as u64;
-        if mirror.first_position > first || mirror_end < first || mirror_end > end {
-            mirror.items.clear();
-            mirror.first_position = first;
+        let id = self.accounts.sync_mirror(mirror.id, &mut mirror.accounts);
+        let whole = id != mirror.id;
+        if whole {
+            // Refunds change payments in place: record them for this mirror from now on.
+            self.payments.record_changes();
         }
-        let gone = (first - mirror.first_position) as usize;
-        mirror.items.drain(..gone);
-        mirror.first_position = first;
-        let held = mirror.items.len();
-        mirror.items.extend(items.range(held..).cloned());
-        mirror.accounts_id = self
-            .accounts
-            .sync_mirror(mirror.accounts_id, &mut mirror.accounts);
+        mirror.id = id;
+        self.idempotency.sync_mirror(&mut mirror.idempotency, whole);
+        self.finished_holds
+            .sync_mirror(&mut mirror.finished_holds, whole);
+        self.payments.sync_mirror(&mut mirror.payments, whole);
     }
 
     /// Copies the whole state into `state`, overwriting what it held and reusing its buffers:
@@ -238,12 +253,15 @@ impl Engine {
     /// and the copy is what stops the engine thread.
     pub fn snapshot_into(&self, state: &mut SnapshotState) {
         self.copy_unmirrored(state);
-        refill(&mut state.0.accounts, self.accounts.iter().cloned());
-        refill(&mut state.0.idempotency, self.idempotency.items().cloned());
+        let s = &mut state.0;
+        refill(&mut s.accounts, self.accounts.iter().cloned());
+        refill(&mut s.idempotency, self.idempotency.items().cloned());
+        refill(&mut s.finished_holds, self.finished_holds.items().cloned());
+        refill(&mut s.payments, self.payments.items().cloned());
         state.1 = None;
     }
 
-    /// `snapshot_into` without copying the idempotency window or the accounts: `mirror` (synced
+    /// `snapshot_into` without copying the windows or the accounts: `mirror` (synced
     /// here first, which copies only what changed since its last sync) travels in the state
     /// instead and is written out by `encode`. Take it back with `SnapshotState::take_mirror`.
     pub fn snapshot_into_mirrored(
@@ -253,8 +271,12 @@ impl Engine {
     ) {
         self.sync_snapshot_mirror(&mut mirror);
         self.copy_unmirrored(state);
-        state.0.accounts = Vec::new();
-        state.0.idempotency = Vec::new();
+        // The mirror's lists stand in for these when the state is encoded.
+        let s = &mut state.0;
+        s.accounts = Vec::new();
+        s.idempotency = Vec::new();
+        s.finished_holds = Vec::new();
+        s.payments = Vec::new();
         state.1 = Some(mirror);
     }
 
@@ -270,9 +292,7 @@ impl Engine {
         refill(&mut s.pockets, self.pockets.values().cloned());
         refill(&mut s.holds, self.holds.values().cloned());
         s.holds.sort_unstable_by_key(|hold| hold.id);
-        refill(&mut s.finished_holds, self.finished_holds.items().cloned());
         s.finished_holds_evicted_early = self.finished_holds.evicted_early;
-        refill(&mut s.payments, self.payments.items().cloned());
         s.payments_evicted_early = self.payments.evicted_early;
         s.idempotency_evicted_early = self.idempotency.evicted_early;
     }

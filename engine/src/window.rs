@@ -48,6 +48,38 @@ pub(crate) struct Window<T: WindowItem> {
     first_position: u64,
     /// Items dropped because the table was full before their time was up.
     pub(crate) evicted_early: u64,
+    /// Positions `get_mut` handed out since the last `sync_mirror`, for a snapshot mirror.
+    changes: Changes,
+}
+
+/// What a window records of its items' changes for a [`WindowMirror`].
+#[derive(Clone, Debug)]
+enum Changes {
+    /// Nothing: no mirror, or items never change (only `get_mut` changes one).
+    Off,
+    /// The positions changed, in order, repeats included; at most the window's `capacity`.
+    On(Vec<u64>),
+    /// More changes than that: the mirror is copied whole at its next sync.
+    Overflowed,
+}
+
+/// A copy of a window's items, kept in step by [`Window::sync_mirror`] between snapshots.
+#[derive(Debug)]
+pub(crate) struct WindowMirror<T> {
+    pub(crate) items: VecDeque<T>,
+    /// The window position of `items[0]`.
+    first_position: u64,
+}
+
+impl<T> WindowMirror<T> {
+    /// Room for `capacity` items allocated up front (touched as used), so keeping the copy in
+    /// step never regrows it.
+    pub(crate) fn with_capacity(capacity: usize) -> WindowMirror<T> {
+        WindowMirror {
+            items: VecDeque::with_capacity(capacity),
+            first_position: 0,
+        }
+    }
 }
 
 /// An empty index slot. A used slot never equals it: its tag has the low bit set.
@@ -85,6 +117,7 @@ impl<T: WindowItem> Window<T> {
             items: VecDeque::with_capacity(capacity as usize),
             first_position: 0,
             evicted_early: 0,
+            changes: Changes::Off,
         }
     }
 
@@ -100,10 +133,47 @@ impl<T: WindowItem> Window<T> {
         window
     }
 
-    /// The position of the first item, and the items. Positions count every item ever pushed,
-    /// so a copy kept in step can tell which items left and which are new.
-    pub(crate) fn positioned_items(&self) -> (u64, &VecDeque<T>) {
-        (self.first_position, &self.items)
+    /// From now on, records the items `get_mut` hands out, for `sync_mirror`.
+    pub(crate) fn record_changes(&mut self) {
+        self.changes = Changes::On(Vec::new());
+    }
+
+    /// Brings `mirror` in step: drops the items that left the window, copies the ones changed
+    /// and the ones that entered since its last sync. Positions count every item ever pushed,
+    /// so the copy can tell which items left and which are new. The copy is made again whole
+    /// when `whole` is set (a mirror the caller cannot vouch for), when it does not overlap
+    /// the window (another window's, or one that fell behind by more than the window holds),
+    /// or when more changes came than were recorded.
+    pub(crate) fn sync_mirror(&mut self, mirror: &mut WindowMirror<T>, whole: bool)
+    where
+        T: Clone,
+    {
+        let first = self.first_position;
+        let end = first + self.items.len() as u64;
+        let mirror_end = mirror.first_position + mirror.items.len() as u64;
+        let lost = matches!(self.changes, Changes::Overflowed);
+        if whole || lost || mirror.first_position > first || mirror_end < first || mirror_end > end
+        {
+            mirror.items.clear();
+            mirror.first_position = first;
+        }
+        let gone = (first - mirror.first_position) as usize;
+        mirror.items.drain(..gone);
+        mirror.first_position = first;
+        match &mut self.changes {
+            Changes::On(changed) => {
+                for position in changed.drain(..) {
+                    let offset = position.wrapping_sub(first) as usize;
+                    if position >= first && offset < mirror.items.len() {
+                        mirror.items[offset].clone_from(&self.items[offset]);
+                    }
+                }
+            }
+            Changes::Overflowed => self.changes = Changes::On(Vec::new()),
+            Changes::Off => {}
+        }
+        let held = mirror.items.len();
+        mirror.items.extend(self.items.range(held..).cloned());
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -127,6 +197,13 @@ impl<T: WindowItem> Window<T> {
         window_ns: u64,
     ) -> Option<&mut T> {
         let offset = self.live_offset(key, now, window_ns)?;
+        match &mut self.changes {
+            Changes::On(changed) if (changed.len() as u64) < self.capacity => {
+                changed.push(self.first_position + offset as u64);
+            }
+            Changes::On(_) => self.changes = Changes::Overflowed,
+            Changes::Off | Changes::Overflowed => {}
+        }
         self.items.get_mut(offset)
     }
 
@@ -401,6 +478,40 @@ mod tests {
         window
             .verify(Timestamp(1_000), |_| Ok(()))
             .expect("consistent");
+    }
+
+    #[test]
+    fn a_mirror_follows_pushes_evictions_and_changes_and_is_recopied_when_changes_overflow() {
+        // Proves `sync_mirror`: the copy equals the window after items come, leave by time
+        // and by capacity, and change through `get_mut`, including when the changes between
+        // two syncs outnumber the window's capacity (then the copy is made whole).
+        let items = |window: &Window<Item>| window.items().cloned().collect::<Vec<_>>();
+        let copied = |mirror: &WindowMirror<Item>| mirror.items.iter().cloned().collect::<Vec<_>>();
+        let mut window = Window::with_capacity(4);
+        window.record_changes();
+        let mut mirror = WindowMirror::with_capacity(4);
+        window.sync_mirror(&mut mirror, false);
+        for key in 0..6 {
+            window.push(Item(key, Timestamp(key * 10)), 4);
+            if let Some(item) = window.get_mut(key.saturating_sub(1), Timestamp(key * 10), 100) {
+                item.1 = Timestamp(item.1.0 + 1); // changed in place, as a refund does
+            }
+            window.sync_mirror(&mut mirror, false);
+            assert_eq!(copied(&mirror), items(&window), "after key {key}");
+        }
+        window.expire(Timestamp(43), 10);
+        assert_eq!(window.len(), 2);
+        for _ in 0..5 {
+            window.get_mut(5, Timestamp(50), 100).expect("live").1.0 += 1;
+        }
+        assert!(matches!(window.changes, Changes::Overflowed));
+        window.sync_mirror(&mut mirror, false);
+        assert_eq!(copied(&mirror), items(&window));
+        assert!(matches!(&window.changes, Changes::On(changed) if changed.is_empty()));
+        // A copy the caller cannot vouch for is made whole.
+        mirror.items[0].0 = 99;
+        window.sync_mirror(&mut mirror, true);
+        assert_eq!(copied(&mirror), items(&window));
     }
 
     /// Random pushes, expiries and lookups over few keys and a small index (so probe runs
