@@ -1130,7 +1130,7 @@ fn scenario_report(m: ScenarioMeasured<'_>) -> Value {
         "snapshot_basis": "the final engine (setup accounts, every command's idempotency entry): \
             Engine::snapshot_state, the copy that stops the node's engine thread (copy: into fresh \
             memory; copy_reused: Engine::snapshot_into the same buffers; copy_mirrored: \
-            Engine::snapshot_into_mirrored with a mirror of the accounts and windows in step, as \
+            Engine::snapshot_into_mirrored with a mirror of the lists in step, as \
             the node takes every snapshot), and SnapshotState::encode, done on the node's \
             snapshot writer thread (encode: into a growing buffer, as a node's first snapshot; \
             encode_sized: into one sized from the last snapshot, as every later one)",

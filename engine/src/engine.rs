@@ -8,17 +8,18 @@
 //! Checks run in a fixed order, which `docs/ARCHITECTURE.md` ("Rules") spells out; the reference
 //! model in `tests/model.rs` follows the same order independently.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::accounts::Accounts;
 use crate::amount::{Amount, BALANCE_UNITS_MAX, Currency};
 use crate::calendar::{Date, jakarta_date, month_index};
 use crate::command::*;
 use crate::config::EngineConfig;
+use crate::holds::Holds;
 use crate::ids::{AccountId, HoldId, OwnerId, Timestamp, TxnId};
 use crate::outcome::*;
 use crate::state::*;
-use crate::window::{FoldHasherBuilder, Window};
+use crate::window::Window;
 
 /// The most expired holds one command releases; the rest go with the following commands (a
 /// commit or release of an overdue hold is refused by its deadline either way).
@@ -44,7 +45,8 @@ pub struct Engine {
     /// Indexed by `AccountId - 1`; changed only through `Accounts::get_mut` and `push`.
     pub(crate) accounts: Accounts,
     pub(crate) pockets: BTreeMap<AccountId, Pocket>,
-    pub(crate) holds: HashMap<HoldId, Hold, FoldHasherBuilder>,
+    /// Changed only through `Holds::insert` and `remove`.
+    pub(crate) holds: Holds,
     pub(crate) hold_deadlines: BTreeSet<(Timestamp, HoldId)>,
     pub(crate) finished_holds: Window<FinishedHold>,
     pub(crate) payments: Window<PaymentRecord>,
@@ -127,10 +129,7 @@ impl Engine {
             last_timestamp: Timestamp(0),
             accounts: Accounts::with_capacity(capacity(config.accounts_max)),
             pockets: BTreeMap::new(),
-            holds: HashMap::with_capacity_and_hasher(
-                capacity(config.holds_active_max),
-                FoldHasherBuilder::default(),
-            ),
+            holds: Holds::with_capacity(capacity(config.holds_active_max)),
             hold_deadlines: BTreeSet::new(),
             finished_holds: Window::with_capacity(config.finished_holds_max),
             payments: Window::with_capacity(config.refundable_payments_max),
@@ -581,19 +580,16 @@ impl Engine {
         self.next_hold += 1;
         let held_after = self.change_held(account, i128::from(c.amount.0));
         self.hold_deadlines.insert((expires_at, hold));
-        self.holds.insert(
-            hold,
-            Hold {
-                id: hold,
-                account: c.account,
-                destination: c.destination,
-                amount: c.amount,
-                currency: c.currency,
-                expires_at,
-                limit_date: now.date,
-                limit_month_index: now.month_index,
-            },
-        );
+        self.holds.insert(Hold {
+            id: hold,
+            account: c.account,
+            destination: c.destination,
+            amount: c.amount,
+            currency: c.currency,
+            expires_at,
+            limit_date: now.date,
+            limit_month_index: now.month_index,
+        });
         let change = HoldChange {
             hold,
             account: c.account,
@@ -659,7 +655,7 @@ impl Engine {
     /// Ends a hold: un-holds its whole amount and gives `unused` back to the limits of the
     /// period it was counted in (if that period is still current).
     fn finish_hold(&mut self, hold: &Hold, end: HoldEnd, unused: Amount, now: Now) -> HoldChange {
-        let removed = self.holds.remove(&hold.id);
+        let removed = self.holds.remove(hold.id);
         assert!(removed.is_some(), "finishing a hold that is not active");
         assert!(self.hold_deadlines.remove(&(hold.expires_at, hold.id)));
         let finished = FinishedHold {

@@ -15,6 +15,7 @@ mod calendar;
 mod command;
 mod config;
 mod engine;
+mod holds;
 mod ids;
 mod outcome;
 mod snapshot;

@@ -5,14 +5,15 @@
 //! hash maps are written as sorted lists and rebuilt on restore, so the same state always gives
 //! the same bytes, and the in-memory layout can change without changing the format.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::config::EngineConfig;
 use crate::engine::Engine;
-use crate::ids::Timestamp;
+use crate::ids::{AccountId, HoldId, Timestamp};
 use crate::state::{Account, FinishedHold, Hold, IdempotencyEntry, PaymentRecord, Pocket};
 use crate::window::{Window, WindowMirror};
 
@@ -73,15 +74,16 @@ impl std::error::Error for SnapshotError {}
 /// engine thread; `encode`, which costs several times more, runs on any thread meanwhile.
 pub struct SnapshotState(EngineSnapshot, Option<SnapshotMirror>);
 
-/// The biggest parts of the state, copied and kept current by the engine thread between
-/// snapshots, a few items per batch ([`Engine::sync_snapshot_mirror`]), so that a snapshot
-/// that carries the mirror ([`Engine::snapshot_into_mirrored`]) copies only the rest (pockets
-/// and active holds):
+/// The bulk of the state, copied and kept current by the engine thread between snapshots, a
+/// few items per batch ([`Engine::sync_snapshot_mirror`]), so that a snapshot that carries the
+/// mirror ([`Engine::snapshot_into_mirrored`]) copies only a few counters:
 /// - the idempotency window (64 bytes per command, most of a snapshot), finished holds and
 ///   refundable payments. Items enter a window at the back and leave from the front, so a
 ///   sync drops what left and copies what came, and the few payments a refund changed;
 /// - the accounts (96 bytes each). The engine records which accounts change, and a sync
-///   copies those and the new ones.
+///   copies those and the new ones;
+/// - the active holds, which come and go (recorded the same way), and the pockets, which
+///   only come, each with an id above all before it.
 ///
 /// The mirror becomes the encoded lists on the thread that encodes.
 #[derive(Debug)]
@@ -90,6 +92,9 @@ pub struct SnapshotMirror {
     /// an engine that does not record its changes copies everything whole.
     id: u64,
     accounts: Vec<Account>,
+    /// In id order, as encoded.
+    pockets: Vec<Pocket>,
+    holds: BTreeMap<HoldId, Hold>,
     idempotency: WindowMirror<IdempotencyEntry>,
     finished_holds: WindowMirror<FinishedHold>,
     payments: WindowMirror<PaymentRecord>,
@@ -130,6 +135,9 @@ impl SnapshotState {
     pub fn encode_sized(&mut self, bytes_hint: usize) -> Vec<u8> {
         if let Some(mirror) = self.1.as_mut() {
             self.0.accounts = std::mem::take(&mut mirror.accounts);
+            self.0.pockets = std::mem::take(&mut mirror.pockets);
+            // Kept by id in a map; listed in id order here, on the encoding thread.
+            refill(&mut self.0.holds, mirror.holds.values().cloned());
             lend(&mut mirror.idempotency.items, &mut self.0.idempotency);
             lend(&mut mirror.finished_holds.items, &mut self.0.finished_holds);
             lend(&mut mirror.payments.items, &mut self.0.payments);
@@ -138,6 +146,8 @@ impl SnapshotState {
         let bytes = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&self.0, buffer);
         if let Some(mirror) = self.1.as_mut() {
             mirror.accounts = std::mem::take(&mut self.0.accounts);
+            mirror.pockets = std::mem::take(&mut self.0.pockets);
+            self.0.holds = Vec::new();
             mirror.idempotency.items = VecDeque::from(std::mem::take(&mut self.0.idempotency));
             mirror.finished_holds.items =
                 VecDeque::from(std::mem::take(&mut self.0.finished_holds));
@@ -213,6 +223,8 @@ impl Engine {
         let mut mirror = SnapshotMirror {
             id: 0,
             accounts: Vec::new(),
+            pockets: Vec::new(),
+            holds: BTreeMap::new(),
             idempotency: WindowMirror::with_capacity(bound(
                 config.idempotency_entries_max,
                 self.idempotency.len(),
@@ -231,17 +243,31 @@ impl Engine {
     }
 
     /// Brings `mirror` in step with the engine: the accounts changed since its last sync and
-    /// the new ones; in each window the items that left, came or (payments) changed. A mirror
+    /// the new ones; the new pockets; the holds that came or went; in each window the items
+    /// that left, came or (payments) changed. A mirror
     /// whose changes this engine does not record (another engine's, or an older one of this
     /// engine's once a newer exists) is copied again whole.
     pub fn sync_snapshot_mirror(&mut self, mirror: &mut SnapshotMirror) {
         let id = self.accounts.sync_mirror(mirror.id, &mut mirror.accounts);
         let whole = id != mirror.id;
         if whole {
-            // Refunds change payments in place: record them for this mirror from now on.
+            // Record for this mirror from now on: holds come and go, and refunds change
+            // payments in place.
+            let bound = usize::try_from(self.config.holds_active_max).unwrap_or(usize::MAX);
+            self.holds.record_changes(bound);
             self.payments.record_changes();
         }
         mirror.id = id;
+        self.holds.sync_mirror(&mut mirror.holds, whole);
+        let newest = match mirror.pockets.last() {
+            Some(last) if !whole && mirror.pockets.len() <= self.pockets.len() => last.id,
+            _ => {
+                mirror.pockets.clear();
+                AccountId(0)
+            }
+        };
+        let new = self.pockets.range((Excluded(newest), Unbounded));
+        mirror.pockets.extend(new.map(|(_, pocket)| pocket.clone()));
         self.idempotency.sync_mirror(&mut mirror.idempotency, whole);
         self.finished_holds
             .sync_mirror(&mut mirror.finished_holds, whole);
@@ -255,6 +281,9 @@ impl Engine {
         self.copy_unmirrored(state);
         let s = &mut state.0;
         refill(&mut s.accounts, self.accounts.iter().cloned());
+        refill(&mut s.pockets, self.pockets.values().cloned());
+        refill(&mut s.holds, self.holds.values().cloned());
+        s.holds.sort_unstable_by_key(|hold| hold.id);
         refill(&mut s.idempotency, self.idempotency.items().cloned());
         refill(&mut s.finished_holds, self.finished_holds.items().cloned());
         refill(&mut s.payments, self.payments.items().cloned());
@@ -274,6 +303,8 @@ impl Engine {
         // The mirror's lists stand in for these when the state is encoded.
         let s = &mut state.0;
         s.accounts = Vec::new();
+        s.pockets = Vec::new();
+        s.holds = Vec::new();
         s.idempotency = Vec::new();
         s.finished_holds = Vec::new();
         s.payments = Vec::new();
@@ -289,9 +320,6 @@ impl Engine {
         s.last_timestamp = self.last_timestamp;
         s.next_txn = self.next_txn;
         s.next_hold = self.next_hold;
-        refill(&mut s.pockets, self.pockets.values().cloned());
-        refill(&mut s.holds, self.holds.values().cloned());
-        s.holds.sort_unstable_by_key(|hold| hold.id);
         s.finished_holds_evicted_early = self.finished_holds.evicted_early;
         s.payments_evicted_early = self.payments.evicted_early;
         s.idempotency_evicted_early = self.idempotency.evicted_early;
@@ -320,7 +348,7 @@ impl Engine {
         engine.pockets = snapshot.pockets.into_iter().map(|p| (p.id, p)).collect();
         for hold in snapshot.holds {
             engine.hold_deadlines.insert((hold.expires_at, hold.id));
-            engine.holds.insert(hold.id, hold);
+            engine.holds.insert(hold);
         }
         let config = &engine.config;
         engine.finished_holds = Window::from_items(

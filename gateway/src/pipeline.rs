@@ -460,11 +460,11 @@ struct EngineWorker<S: Storage> {
     /// Journal bytes (whole records) appended since the last snapshot.
     bytes_since_snapshot: u64,
     snapshot_writer: Option<SnapshotWriter>,
-    /// The accounts' and the windows' copy for the next snapshot, kept in step after every
-    /// batch (with snapshots on; `None` while a snapshot being written holds it). They are most
-    /// of a snapshot: copying the idempotency window whole on this thread paused every reply
-    /// for 57–176 ms at 0.4–1.2M entries under load, and the accounts for tens of milliseconds
-    /// at a million (docs/PERFORMANCE.md).
+    /// The state's lists (accounts, holds, pockets, windows) copied for the next snapshot, kept
+    /// in step after every batch (with snapshots on; `None` while a snapshot being written
+    /// holds it). Copying the idempotency window whole on this thread paused every reply for
+    /// 57–176 ms at 0.4–1.2M entries under load, and the accounts for tens of milliseconds at
+    /// a million (docs/PERFORMANCE.md).
     mirror: Option<SnapshotMirror>,
     /// A written snapshot's state, back from the writer, to be reused by the next one.
     returned: Option<SnapshotState>,
