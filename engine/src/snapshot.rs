@@ -244,9 +244,9 @@ impl Engine {
 
     /// Brings `mirror` in step with the engine: the accounts changed since its last sync and
     /// the new ones; the new pockets; the holds that came or went; in each window the items
-    /// that left, came or (payments) changed. A mirror
-    /// whose changes this engine does not record (another engine's, or an older one of this
-    /// engine's once a newer exists) is copied again whole.
+    /// that left, came or (payments) changed. A mirror whose changes this engine does not
+    /// record (another engine's, or an older one of this engine's once a newer exists) is
+    /// copied again whole.
     pub fn sync_snapshot_mirror(&mut self, mirror: &mut SnapshotMirror) {
         let id = self.accounts.sync_mirror(mirror.id, &mut mirror.accounts);
         let whole = id != mirror.id;
