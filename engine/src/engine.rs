@@ -44,6 +44,8 @@ pub struct Engine {
     pub(crate) last_timestamp: Timestamp,
     /// Indexed by `AccountId - 1`; changed only through `Accounts::get_mut` and `push`.
     pub(crate) accounts: Accounts,
+    /// Only ever inserted into, each pocket with an id above all before it (a new account's):
+    /// the snapshot mirror copies just the pockets after the last one it holds.
     pub(crate) pockets: BTreeMap<AccountId, Pocket>,
     /// Changed only through `Holds::insert` and `remove`.
     pub(crate) holds: Holds,
