@@ -34,6 +34,8 @@ const KILL_DELAY_MS_MIN: u64 = 50;
 const KILL_DELAY_MS_MAX: u64 = 500;
 /// Transfers one writer sends per round at most (bounds a round however late the kill is).
 const TRANSFERS_PER_WRITER_MAX: u64 = 2_000;
+/// A periodic snapshot every this many journal records: several per round.
+const SNAPSHOT_EVERY_RECORDS: u64 = 500;
 /// How long the writers may take to notice the kill (each request has its own timeout too).
 const WRITERS_JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -102,7 +104,13 @@ async fn sigkill_under_load_loses_nothing_acknowledged_and_applies_nothing_twice
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let token = common::token(&data);
-    let options = NodeOptions::default();
+    // Frequent periodic snapshots, so that kills land while one is copied, written or
+    // renamed, and restarts load one (taken from the engine thread's mirror) and replay the
+    // rest of the journal.
+    let options = NodeOptions {
+        snapshot_every: Some(SNAPSHOT_EVERY_RECORDS),
+        ..NodeOptions::default()
+    };
 
     let mut node = Node::start(&data, &options);
     let api = node.api(&token);
@@ -143,6 +151,17 @@ async fn sigkill_under_load_loses_nothing_acknowledged_and_applies_nothing_twice
     let context = format!("seed {seed}, after the last kill");
     check_restarted(&api, &mut state, &last_round, &context).await;
     check_acked(&api, &state.acked, &context).await;
+    let log = std::fs::read_to_string(&node.log).expect("read the node's log");
+    let from_snapshots = log
+        .lines()
+        .filter(|line| line.contains("ledger restored") && line.contains("Some("))
+        .count();
+    assert!(
+        from_snapshots > 0,
+        "{context}: no restart loaded a periodic snapshot; log:\n{}",
+        node.log_tail()
+    );
+    eprintln!("{context}: {from_snapshots} restarts loaded a periodic snapshot");
     let before_stop = api.read_ledger(&state.ledger).await;
     node.terminate();
     let status = node.wait_exit(common::EXIT_TIMEOUT);

@@ -88,6 +88,8 @@ pub struct NodeOptions {
     pub in_flight_max: Option<usize>,
     /// 0 = unlimited: these tests measure the node, not the per-client limiter.
     pub rate_limit: u32,
+    /// `--snapshot-every` (records); `None`: the node's default.
+    pub snapshot_every: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -97,6 +99,7 @@ impl Default for NodeOptions {
             ring_size: None,
             in_flight_max: None,
             rate_limit: 0,
+            snapshot_every: None,
         }
     }
 }
@@ -145,6 +148,9 @@ impl Node {
         }
         if let Some(in_flight_max) = options.in_flight_max {
             command.args(["--in-flight-max", &in_flight_max.to_string()]);
+        }
+        if let Some(every) = options.snapshot_every {
+            command.args(["--snapshot-every", &every.to_string()]);
         }
         let mut child = command
             .env("PAYU_LOG", "info")
