@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 
+use crate::changes::ChangeLog;
 use crate::ids::HoldId;
 use crate::state::Hold;
 use crate::window::FoldHasherBuilder;
@@ -13,11 +14,8 @@ use crate::window::FoldHasherBuilder;
 #[derive(Debug, Default)]
 pub(crate) struct Holds {
     map: HashMap<HoldId, Hold, FoldHasherBuilder>,
-    /// Holds inserted or removed since the last `sync_mirror`, repeats included, while a
-    /// mirror is kept; at most `changes_max`, beyond which the next sync copies every hold.
-    changes: Option<Vec<HoldId>>,
-    changes_max: usize,
-    overflowed: bool,
+    /// Holds inserted or removed since the last `sync_mirror`, while a mirror is kept.
+    changes: ChangeLog<HoldId>,
 }
 
 impl Holds {
@@ -29,51 +27,37 @@ impl Holds {
     }
 
     pub(crate) fn insert(&mut self, hold: Hold) {
-        self.record(hold.id);
+        self.changes.record(hold.id);
         self.map.insert(hold.id, hold);
     }
 
     pub(crate) fn remove(&mut self, id: HoldId) -> Option<Hold> {
-        self.record(id);
+        self.changes.record(id);
         self.map.remove(&id)
-    }
-
-    fn record(&mut self, id: HoldId) {
-        if let Some(changes) = self.changes.as_mut() {
-            match changes.len() < self.changes_max {
-                true => changes.push(id),
-                false => self.overflowed = true,
-            }
-        }
     }
 
     /// From now on, records the holds that come and go for `sync_mirror`: at most
     /// `changes_max` between two syncs (the holds' bound, say).
     pub(crate) fn record_changes(&mut self, changes_max: usize) {
-        self.changes = Some(Vec::new());
-        self.changes_max = changes_max;
-        self.overflowed = false;
+        self.changes = ChangeLog::start(changes_max);
     }
 
     /// Brings `mirror` (the holds by id) in step: the holds that came or went since the last
     /// sync, or every hold when `whole` is set (a mirror the caller cannot vouch for), when
     /// changes are not being recorded, or when more came than were recorded.
     pub(crate) fn sync_mirror(&mut self, mirror: &mut BTreeMap<HoldId, Hold>, whole: bool) {
-        let Some(changes) = self.changes.as_mut().filter(|_| !whole && !self.overflowed) else {
+        if whole || !self.changes.is_complete() {
             mirror.clear();
             mirror.extend(self.map.iter().map(|(&id, hold)| (id, hold.clone())));
-            if let Some(changes) = self.changes.as_mut() {
-                changes.clear();
-            }
-            self.overflowed = false;
+            self.changes.drain(|_| {});
             return;
-        };
-        for id in changes.drain(..) {
+        }
+        self.changes.drain(|id| {
             match self.map.get(&id) {
                 Some(hold) => mirror.insert(id, hold.clone()),
                 None => mirror.remove(&id),
             };
-        }
+        });
     }
 }
 
@@ -134,7 +118,7 @@ mod tests {
         // `record_changes`, and a clone records nothing.
         let mut holds = Holds::with_capacity(8);
         holds.insert(hold(1));
-        assert!(holds.changes.is_none());
+        assert!(matches!(holds.changes, ChangeLog::Off));
         let mut mirror = BTreeMap::new();
         holds.record_changes(4);
         holds.sync_mirror(&mut mirror, true);
@@ -148,15 +132,18 @@ mod tests {
         for id in 4..10 {
             holds.insert(hold(id));
         }
-        assert!(holds.overflowed, "six changes against a bound of four");
+        assert!(
+            holds.changes.is_overflowed(),
+            "six changes against a bound of four"
+        );
         holds.sync_mirror(&mut mirror, false);
         assert!(same(&holds, &mirror));
-        assert!(!holds.overflowed && holds.changes.as_ref().is_some_and(Vec::is_empty));
+        assert_eq!(holds.changes.recorded(), Some(&[][..]));
         // A copy the caller cannot vouch for is made whole.
         mirror.remove(&HoldId(5));
         holds.sync_mirror(&mut mirror, true);
         assert!(same(&holds, &mirror));
         let clone = holds.clone();
-        assert!(clone.changes.is_none() && clone == holds);
+        assert!(matches!(clone.changes, ChangeLog::Off) && clone == holds);
     }
 }

@@ -12,6 +12,7 @@
 mod accounts;
 mod amount;
 mod calendar;
+mod changes;
 mod command;
 mod config;
 mod engine;

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
+use crate::changes::ChangeLog;
 use crate::ids::Timestamp;
 
 /// The most expired items removed per command: keeps one command's work bounded after an idle
@@ -48,19 +49,9 @@ pub(crate) struct Window<T: WindowItem> {
     first_position: u64,
     /// Items dropped because the table was full before their time was up.
     pub(crate) evicted_early: u64,
-    /// Positions `get_mut` handed out since the last `sync_mirror`, for a snapshot mirror.
-    changes: Changes,
-}
-
-/// What a window records of its items' changes for a [`WindowMirror`].
-#[derive(Clone, Debug)]
-enum Changes {
-    /// Nothing: no mirror, or items never change (only `get_mut` changes one).
-    Off,
-    /// The positions changed, in order, repeats included; at most the window's `capacity`.
-    On(Vec<u64>),
-    /// More changes than that: the mirror is copied whole at its next sync.
-    Overflowed,
+    /// Positions `get_mut` handed out since the last `sync_mirror`, for a snapshot mirror (at
+    /// most `capacity`). Off for a window whose items never change.
+    changes: ChangeLog<u64>,
 }
 
 /// A copy of a window's items, kept in step by [`Window::sync_mirror`] between snapshots.
@@ -117,7 +108,7 @@ impl<T: WindowItem> Window<T> {
             items: VecDeque::with_capacity(capacity as usize),
             first_position: 0,
             evicted_early: 0,
-            changes: Changes::Off,
+            changes: ChangeLog::Off,
         }
     }
 
@@ -135,7 +126,7 @@ impl<T: WindowItem> Window<T> {
 
     /// From now on, records the items `get_mut` hands out, for `sync_mirror`.
     pub(crate) fn record_changes(&mut self) {
-        self.changes = Changes::On(Vec::new());
+        self.changes = ChangeLog::start(self.capacity as usize);
     }
 
     /// Brings `mirror` in step: drops the items that left the window, copies the ones changed
@@ -151,7 +142,7 @@ impl<T: WindowItem> Window<T> {
         let first = self.first_position;
         let end = first + self.items.len() as u64;
         let mirror_end = mirror.first_position + mirror.items.len() as u64;
-        let lost = matches!(self.changes, Changes::Overflowed);
+        let lost = self.changes.is_overflowed();
         if whole || lost || mirror.first_position > first || mirror_end < first || mirror_end > end
         {
             mirror.items.clear();
@@ -160,18 +151,12 @@ impl<T: WindowItem> Window<T> {
         let gone = (first - mirror.first_position) as usize;
         mirror.items.drain(..gone);
         mirror.first_position = first;
-        match &mut self.changes {
-            Changes::On(changed) => {
-                for position in changed.drain(..) {
-                    let offset = position.wrapping_sub(first) as usize;
-                    if position >= first && offset < mirror.items.len() {
-                        mirror.items[offset].clone_from(&self.items[offset]);
-                    }
-                }
+        self.changes.drain(|position| {
+            let offset = position.wrapping_sub(first) as usize;
+            if position >= first && offset < mirror.items.len() {
+                mirror.items[offset].clone_from(&self.items[offset]);
             }
-            Changes::Overflowed => self.changes = Changes::On(Vec::new()),
-            Changes::Off => {}
-        }
+        });
         let held = mirror.items.len();
         mirror.items.extend(self.items.range(held..).cloned());
     }
@@ -197,13 +182,7 @@ impl<T: WindowItem> Window<T> {
         window_ns: u64,
     ) -> Option<&mut T> {
         let offset = self.live_offset(key, now, window_ns)?;
-        match &mut self.changes {
-            Changes::On(changed) if (changed.len() as u64) < self.capacity => {
-                changed.push(self.first_position + offset as u64);
-            }
-            Changes::On(_) => self.changes = Changes::Overflowed,
-            Changes::Off | Changes::Overflowed => {}
-        }
+        self.changes.record(self.first_position + offset as u64);
         self.items.get_mut(offset)
     }
 
@@ -504,10 +483,10 @@ mod tests {
         for _ in 0..5 {
             window.get_mut(5, Timestamp(50), 100).expect("live").1.0 += 1;
         }
-        assert!(matches!(window.changes, Changes::Overflowed));
+        assert!(window.changes.is_overflowed());
         window.sync_mirror(&mut mirror, false);
         assert_eq!(copied(&mirror), items(&window));
-        assert!(matches!(&window.changes, Changes::On(changed) if changed.is_empty()));
+        assert_eq!(window.changes.recorded(), Some(&[][..]));
         // A copy the caller cannot vouch for is made whole.
         mirror.items[0].0 = 99;
         window.sync_mirror(&mut mirror, true);

@@ -770,7 +770,7 @@ impl<S: Storage> EngineWorker<S> {
             let started = Instant::now();
             take_back_state(writer, &mut self.mirror, &mut self.returned);
             // Without the mirror (still with a snapshot being written, at shutdown) the
-            // window is copied whole.
+            // state is copied whole.
             let state = match (self.returned.take(), self.mirror.take()) {
                 (Some(mut state), Some(mirror)) => {
                     self.engine.snapshot_into_mirrored(&mut state, mirror);
@@ -935,10 +935,9 @@ impl SnapshotWriter {
                 let mut saved = std::collections::VecDeque::new();
                 // The buffer of the next encoding: the last snapshot's size and an eighth.
                 let mut bytes_hint = 0;
-                for state in receiver {
+                for mut state in receiver {
                     let seq = state.seq();
                     let started = Instant::now();
-                    let mut state = state;
                     let bytes = state.encode_sized(bytes_hint);
                     bytes_hint = bytes.len() + bytes.len() / 8;
                     let encode_ms = started.elapsed().as_millis() as u64;
