@@ -13,7 +13,6 @@ use payu_journal::{Journal, JournalConfig, MmapStorage, SnapshotStore, restore_e
 use crate::api::{App, JournalLookup, NodeInfo, router};
 use crate::auth::{AuthConfig, Authenticator, load_or_create_dev_secret};
 use crate::config::NodeConfig;
-use crate::listener::GatewayListener;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::ratelimit::RateLimiter;
@@ -27,6 +26,9 @@ const FAILURE_POLL: Duration = Duration::from_millis(100);
 /// tokio's default of 1024, a 25k/s load's warm-up had requests at 1.03-1.04 s exactly when
 /// `TcpExtListenOverflows` grew.
 const LISTEN_BACKLOG: u32 = 4096;
+/// How long a stopping node waits for its connections past the request time limit (their
+/// last answers are being written) before it closes them.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a node until `shutdown` resolves (or the pipeline fails). `on_listening` gets the bound
 /// address (port 0 in the config picks a free one).
@@ -144,11 +146,14 @@ pub async fn run(
         }
         draining_app.draining.store(true, Ordering::Release);
     };
-    let served = axum::serve(
-        GatewayListener(listener),
+    let drain_timeout = config.http.request_timeout() + DRAIN_GRACE;
+    crate::listener::serve(
+        listener,
         router(Arc::clone(&app), config.http.body_limit_bytes),
+        config.http.body_limit_bytes,
+        drain_timeout,
+        stop_signal,
     )
-    .with_graceful_shutdown(stop_signal)
     .await;
 
     // Every HTTP request has been answered; drain the ring, flush, snapshot.
@@ -161,7 +166,6 @@ pub async fn run(
     if let Ok(tailer) = Arc::try_unwrap(tailer) {
         let _ = tokio::task::spawn_blocking(move || tailer.join()).await;
     }
-    served.context("serving HTTP")?;
     if read_model_failed.load(Ordering::Acquire) {
         return Err(anyhow::anyhow!("the read model stopped"));
     }

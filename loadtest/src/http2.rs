@@ -38,6 +38,14 @@ use crate::http1::{
     BODY_BYTES_MAX, LABEL_BODY, LABEL_CONNECT, LABEL_MALFORMED, LABEL_TIMEOUT, LABEL_TRANSPORT,
     POOLS, is_json_content_type, parse_base, pool_index, unknown,
 };
+use payu_gateway::h2frame::{
+    CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, FLAG_ACK, FLAG_END_HEADERS, FLAG_END_STREAM,
+    FLAG_PRIORITY, FLOW_CONTROL_ERROR, FRAME_BYTES_DEFAULT, FRAME_BYTES_LIMIT, FRAME_HEADER_BYTES,
+    FRAME_SIZE_ERROR, GOAWAY, HEADERS, NO_ERROR, PING, PREFACE, PROTOCOL_ERROR, PUSH_PROMISE,
+    RST_STREAM, SETTINGS, SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE, STREAM_ID_MAX, WINDOW_DEFAULT,
+    WINDOW_MAX, WINDOW_UPDATE, frame_header, goaway, unpad, window_update,
+};
 
 /// Connections each lane opens to the node, at most; its requests take them in turn.
 pub const CONNECTIONS_PER_LANE_MAX: usize = 64;
@@ -46,47 +54,11 @@ pub const CONNECTIONS_PER_LANE_MAX: usize = 64;
 const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// The receive window of a whole connection, shared by its streams.
 const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
-/// The windows every connection and stream starts with (RFC 9113 §6.9.2).
-const WINDOW_DEFAULT: i64 = 65_535;
-/// The largest window the protocol allows.
-const WINDOW_MAX: i64 = (1 << 31) - 1;
 /// The largest frame payload this client accepts: the protocol's default
 /// SETTINGS_MAX_FRAME_SIZE, which it never raises. Also the least the node may allow.
-const FRAME_BYTES_MAX: usize = 16_384;
-/// The largest frame payload a node may allow.
-const PEER_FRAME_BYTES_MAX: usize = (1 << 24) - 1;
+const FRAME_BYTES_MAX: usize = FRAME_BYTES_DEFAULT;
 /// Free space offered to each read of the socket.
 const READ_BYTES: usize = 64 << 10;
-const FRAME_HEADER_BYTES: usize = 9;
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Client streams are odd and below 2^31; a connection whose ids ran out takes no more.
-const STREAM_ID_MAX: u32 = (1 << 31) - 1;
-
-// Frame types, flags, settings and error codes (RFC 9113 §6, §7).
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-const FLAG_END_STREAM: u8 = 0x1;
-const FLAG_ACK: u8 = 0x1;
-const FLAG_END_HEADERS: u8 = 0x4;
-const FLAG_PADDED: u8 = 0x8;
-const FLAG_PRIORITY: u8 = 0x20;
-const SETTINGS_ENABLE_PUSH: u16 = 0x2;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
-const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
-const NO_ERROR: u32 = 0x0;
-const PROTOCOL_ERROR: u32 = 0x1;
-const FLOW_CONTROL_ERROR: u32 = 0x3;
-const FRAME_SIZE_ERROR: u32 = 0x6;
-const CANCEL: u32 = 0x8;
-const COMPRESSION_ERROR: u32 = 0x9;
 
 /// An HTTP/2 client for one node.
 pub struct Http2 {
@@ -799,7 +771,7 @@ impl State {
                     }
                 }
                 SETTINGS_MAX_FRAME_SIZE => {
-                    if !(FRAME_BYTES_MAX..=PEER_FRAME_BYTES_MAX).contains(&(value as usize)) {
+                    if !(FRAME_BYTES_MAX..=FRAME_BYTES_LIMIT).contains(&(value as usize)) {
                         return Err(ConnectionError(PROTOCOL_ERROR));
                     }
                     self.peer_frame_max = value as usize;
@@ -840,27 +812,6 @@ impl State {
     }
 }
 
-/// A frame's payload without its padding, or `None` if the padding is malformed.
-fn unpad(flags: u8, payload: &[u8]) -> Option<&[u8]> {
-    if flags & FLAG_PADDED == 0 {
-        return Some(payload);
-    }
-    let (&pad, rest) = payload.split_first()?;
-    rest.len().checked_sub(pad as usize).map(|end| &rest[..end])
-}
-
-fn frame_header(out: &mut Vec<u8>, length: usize, kind: u8, flags: u8, id: u32) {
-    out.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&id.to_be_bytes());
-}
-
-fn window_update(out: &mut Vec<u8>, id: u32, increment: u32) {
-    frame_header(out, 4, WINDOW_UPDATE, 0, id);
-    out.extend_from_slice(&increment.to_be_bytes());
-}
-
 /// The connection's task: writes what its requests queued (everything queued since the last
 /// write, in one write), and reads and handles the node's frames, until the connection fails
 /// or the client is gone and no stream is open.
@@ -878,7 +829,7 @@ async fn drive(connection: Arc<Connection>, socket: TcpStream) {
                 return;
             }
             if state.client_gone && state.open == 0 {
-                goaway(&mut state.out, NO_ERROR);
+                goaway(&mut state.out, 0, NO_ERROR);
                 std::mem::swap(&mut state.out, &mut output);
                 drop(state);
                 let _ = socket.try_write(&output);
@@ -925,7 +876,7 @@ async fn drive(connection: Arc<Connection>, socket: TcpStream) {
     if let Some(ConnectionError(code)) = failure {
         // Best effort: the node learns why, then the socket closes.
         let mut last = output.split_off(written);
-        goaway(&mut last, code);
+        goaway(&mut last, 0, code);
         let _ = socket.try_write(&last);
     }
     state.fail(LABEL_TRANSPORT, &mut wakers);
@@ -957,12 +908,6 @@ fn handle_frames(
     }
     input.drain(..at);
     Ok(())
-}
-
-fn goaway(out: &mut Vec<u8>, code: u32) {
-    frame_header(out, 8, GOAWAY, 0, 0);
-    out.extend_from_slice(&0u32.to_be_bytes());
-    out.extend_from_slice(&code.to_be_bytes());
 }
 
 #[cfg(test)]

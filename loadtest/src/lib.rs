@@ -17,7 +17,7 @@ pub mod api;
 pub mod audit;
 pub mod book;
 pub mod driver;
-pub mod hpack;
+pub use payu_gateway::hpack;
 pub mod http1;
 pub mod http2;
 pub mod measure;
