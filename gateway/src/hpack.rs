@@ -308,6 +308,30 @@ pub fn encode_string(text: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Appends a string literal as it is, not Huffman-coded: cheaper for both ends than the
+/// Huffman coding's few bytes saved, where bytes are cheap (the node's answers).
+pub fn encode_raw_string(text: &[u8], out: &mut Vec<u8>) {
+    encode_integer(text.len(), 7, 0, out);
+    out.extend_from_slice(text);
+}
+
+/// Appends a literal field without indexing (§6.2.2) whose name is static entry `name` (0:
+/// a literal name, given as `literal_name`), both strings as they are; never indexed
+/// (§6.2.3) if `sensitive`.
+pub fn encode_raw_literal(
+    name: usize,
+    literal_name: &[u8],
+    value: &[u8],
+    sensitive: bool,
+    out: &mut Vec<u8>,
+) {
+    encode_integer(name, 4, if sensitive { 0x10 } else { 0x00 }, out);
+    if name == 0 {
+        encode_raw_string(literal_name, out);
+    }
+    encode_raw_string(value, out);
+}
+
 /// Appends an indexed field (§6.1) referring to static entry `index`.
 pub fn encode_indexed(index: usize, out: &mut Vec<u8>) {
     encode_integer(index, 7, 0x80, out);
@@ -862,6 +886,8 @@ mod tests {
         encode_never_indexed(STATIC_AUTHORIZATION, b"Bearer abc.def.ghi", &mut block);
         encode_literal(STATIC_CONTENT_TYPE, b"application/json", &mut block);
         encode_literal_named(b"idempotency-key", b"lt-3f-000042", &mut block);
+        encode_raw_literal(0, b"x-request-id", b"1f-2b", false, &mut block);
+        encode_raw_literal(STATIC_CONTENT_TYPE, b"", b"text/plain", true, &mut block);
         let mut decoder = Decoder::new(TABLE_BYTES_DEFAULT);
         let fields = decode_all(&mut decoder, &block);
         let expected = [
@@ -872,6 +898,8 @@ mod tests {
             ("authorization", "Bearer abc.def.ghi"),
             ("content-type", "application/json"),
             ("idempotency-key", "lt-3f-000042"),
+            ("x-request-id", "1f-2b"),
+            ("content-type", "text/plain"),
         ]
         .map(|(n, v)| (n.to_owned(), v.to_owned()));
         assert_eq!(fields, expected);

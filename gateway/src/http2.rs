@@ -28,7 +28,8 @@
 //! the socket [`OUTPUT_BYTES_MAX`] (reading pauses); an answer [`ANSWER_BYTES_MAX`].
 //!
 //! Answers are encoded without the dynamic table (hpack.rs), so the client's table holds
-//! nothing of ours and the server keeps no encoder state.
+//! nothing of ours and the server keeps no encoder state, and without Huffman coding, which
+//! would save a few bytes per answer for CPU at both ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -978,7 +979,7 @@ fn encode_head(
         400 => hpack::encode_indexed(12, block),
         404 => hpack::encode_indexed(13, block),
         500 => hpack::encode_indexed(14, block),
-        _ => hpack::encode_literal(8, head.status.as_str().as_bytes(), block),
+        _ => hpack::encode_raw_literal(8, b"", head.status.as_str().as_bytes(), false, block),
     }
     for (name, value) in &head.headers {
         if is_connection_specific(name) {
@@ -988,10 +989,10 @@ fn encode_head(
     }
     if !head.headers.contains_key(header::CONTENT_LENGTH) && !no_body(head.status) {
         let mut digits = [0u8; 20];
-        hpack::encode_literal(28, decimal(body_length, &mut digits), block);
+        hpack::encode_raw_literal(28, b"", decimal(body_length, &mut digits), false, block);
     }
     if !head.headers.contains_key(header::DATE) {
-        DATE.with(|date| hpack::encode_literal(33, date.now().as_bytes(), block));
+        DATE.with(|date| hpack::encode_raw_literal(33, b"", date.now().as_bytes(), false, block));
     }
     let end_stream = if end_stream { FLAG_END_STREAM } else { 0 };
     let length = block.len() - block_start;
@@ -1029,10 +1030,10 @@ fn decimal(mut value: usize, digits: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// One answer field, as a literal never added to the table: its name from the static table
-/// when it is there (RFC 7541 Appendix A), and never indexed if the value is sensitive.
+/// One answer field, as a literal never added to the table and not Huffman-coded (see
+/// [`hpack::encode_raw_string`]): its name from the static table when it is there (RFC 7541
+/// Appendix A), and never indexed if the value is sensitive.
 fn encode_field(name: &HeaderName, value: &HeaderValue, block: &mut Vec<u8>) {
-    let flags = if value.is_sensitive() { 0x10 } else { 0x00 };
     let index = match name.as_str() {
         "cache-control" => 24,
         "content-length" => 28,
@@ -1044,11 +1045,13 @@ fn encode_field(name: &HeaderName, value: &HeaderValue, block: &mut Vec<u8>) {
         "www-authenticate" => 61,
         _ => 0,
     };
-    hpack::encode_integer(index, 4, flags, block);
-    if index == 0 {
-        hpack::encode_string(name.as_str().as_bytes(), block);
-    }
-    hpack::encode_string(value.as_bytes(), block);
+    hpack::encode_raw_literal(
+        index,
+        name.as_str().as_bytes(),
+        value.as_bytes(),
+        value.is_sensitive(),
+        block,
+    );
 }
 
 /// Fields HTTP/2 does not carry (RFC 9113 §8.2.2).

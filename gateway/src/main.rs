@@ -80,6 +80,9 @@ struct ServeArgs {
     /// Requests handled at once, at most (beyond it: 503).
     #[arg(long, env = "PAYU_IN_FLIGHT_MAX")]
     in_flight_max: Option<usize>,
+    /// Threads serving HTTP; 0: one fewer than the cores (at least one).
+    #[arg(long, env = "PAYU_HTTP_WORKERS")]
+    http_workers: Option<usize>,
     /// Per-client rate limit in requests (or batch items) per second; 0 = unlimited.
     #[arg(long, env = "PAYU_RATE_LIMIT")]
     rate_limit: Option<u32>,
@@ -187,13 +190,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(value) = args.in_flight_max {
         config.http.in_flight_max = value;
     }
+    if let Some(value) = args.http_workers {
+        config.http.workers = value;
+    }
     if let Some(value) = args.rate_limit {
         config.rate_limit.requests_per_second = value;
         config.rate_limit.burst = value.saturating_mul(2);
     }
     config.validate().map_err(anyhow::Error::msg)?;
     init_logging(&config.log_format);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.http.workers_for(cores))
         .enable_all()
         .thread_name("payu-http")
         .build()?;
