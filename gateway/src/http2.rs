@@ -37,7 +37,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -106,6 +106,8 @@ enum State {
         body: Vec<u8>,
         /// Its content-length, if it gave one.
         declared: Option<usize>,
+        /// When the body is given up if it has not ended.
+        deadline: Instant,
     },
     /// The router is answering; `remote_closed` once the client's side has ended.
     Answering { remote_closed: bool },
@@ -134,6 +136,16 @@ struct PartialBlock {
     bytes: Vec<u8>,
 }
 
+/// What a connection accepts of a request's body.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// The router's limit in bytes: one byte more is buffered, and the router answers 413.
+    pub bytes: usize,
+    /// A body still arriving this long after its request's headers is given up: the stream is
+    /// reset with CANCEL. (Over HTTP/1.1 the request time limit covers reading the body.)
+    pub time: Duration,
+}
+
 /// Serves HTTP/2 on `io`, whose first bytes (`read`, holding at least the preface) were read
 /// already, until the client leaves, the connection fails, or `stop` resolves and the open
 /// streams are answered.
@@ -141,10 +153,10 @@ pub async fn serve(
     io: TcpStream,
     read: Vec<u8>,
     router: Router,
-    body_limit: usize,
+    limits: BodyLimits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let mut connection = Connection::new(io, read, router, body_limit, Box::pin(stop));
+    let mut connection = Connection::new(io, read, router, limits, Box::pin(stop));
     std::future::poll_fn(|context| connection.poll(context)).await
 }
 
@@ -152,6 +164,9 @@ struct Connection {
     io: TcpStream,
     router: Router,
     body_limit: usize,
+    body_time: Duration,
+    /// Armed while a body is arriving: when it fires, bodies past their time are given up.
+    body_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// [`INPUT_BYTES`] long: bytes `consumed..filled` are read and not yet handled.
     input: Vec<u8>,
     consumed: usize,
@@ -190,7 +205,7 @@ impl Connection {
         io: TcpStream,
         read: Vec<u8>,
         router: Router,
-        body_limit: usize,
+        limits: BodyLimits,
         stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Connection {
         let mut out = Vec::with_capacity(64 << 10);
@@ -208,7 +223,9 @@ impl Connection {
         Connection {
             io,
             router,
-            body_limit,
+            body_limit: limits.bytes,
+            body_time: limits.time,
+            body_timer: None,
             input,
             consumed: 0,
             filled: read.len(),
@@ -271,6 +288,14 @@ impl Connection {
                     }
                     Poll::Pending => {}
                 }
+            }
+            if self
+                .body_timer
+                .as_mut()
+                .is_some_and(|timer| timer.as_mut().poll(context).is_ready())
+            {
+                self.give_up_late_bodies();
+                progressed = true;
             }
             while let Poll::Ready(Some((id, answer))) = self.answering.poll_next_unpin(context) {
                 self.answered(id, answer);
@@ -684,12 +709,17 @@ impl Connection {
             self.dispatch(id, request.map(|()| Body::empty()));
             return Ok(());
         }
+        let deadline = Instant::now() + self.body_time;
         stream.state = State::Receiving {
             request: Box::new(request),
             body: Vec::new(),
             declared,
+            deadline,
         };
         self.streams.insert(id, stream);
+        if self.body_timer.is_none() {
+            self.body_timer = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
+        }
         Ok(())
     }
 
@@ -788,6 +818,7 @@ impl Connection {
             request,
             body,
             declared,
+            ..
         } = state
         else {
             return;
@@ -901,6 +932,27 @@ impl Connection {
         if !remote_closed {
             rst_stream(&mut self.out, id, NO_ERROR);
         }
+    }
+
+    /// Resets the streams whose bodies are past their time, and arms the timer for the next
+    /// deadline, if a body is still arriving.
+    fn give_up_late_bodies(&mut self) {
+        let now = Instant::now();
+        let mut late = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&id, stream) in &self.streams {
+            if let State::Receiving { deadline, .. } = stream.state {
+                match deadline <= now {
+                    true => late.push(id),
+                    false => next = Some(next.map_or(deadline, |next| next.min(deadline))),
+                }
+            }
+        }
+        for id in late {
+            tracing::debug!(id, "an HTTP/2 request body did not arrive in time");
+            self.reset(id, CANCEL);
+        }
+        self.body_timer = next.map(|next| Box::pin(tokio::time::sleep_until(next.into())));
     }
 
     /// Resets stream `id` with `code`.

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::h2frame::PREFACE;
+use crate::http2::BodyLimits;
 
 /// How long the accept loop pauses after an error that is not about one connection (out of
 /// file descriptors, say), so that it does not spin while the cause lasts.
@@ -40,12 +41,12 @@ pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 const FIRST_READ_BYTES: usize = 16 << 10;
 
 /// Serves `router` on `listener` until `stop` resolves, then lets the connections finish for
-/// at most `drain_timeout`. `body_limit` is the router's request-body limit, which the HTTP/2
-/// server enforces as bodies arrive.
+/// at most `drain_timeout`. `body_limits` are the router's request-body limits, which the
+/// HTTP/2 server enforces as bodies arrive.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    body_limit: usize,
+    body_limits: BodyLimits,
     drain_timeout: Duration,
     stop: impl Future<Output = ()>,
 ) {
@@ -62,7 +63,7 @@ pub async fn serve(
                     connections.spawn(connection(
                         stream,
                         router.clone(),
-                        body_limit,
+                        body_limits,
                         stopped.clone(),
                     ));
                 }
@@ -112,7 +113,7 @@ async fn stopping(mut stopped: watch::Receiver<bool>) {
 async fn connection(
     stream: TcpStream,
     router: Router,
-    body_limit: usize,
+    body_limits: BodyLimits,
     stopped: watch::Receiver<bool>,
 ) {
     let first = tokio::select! {
@@ -125,7 +126,7 @@ async fn connection(
         _ => return,
     };
     if first.starts_with(PREFACE) {
-        let served = crate::http2::serve(stream, first, router, body_limit, stopping(stopped));
+        let served = crate::http2::serve(stream, first, router, body_limits, stopping(stopped));
         if let Err(error) = served.await {
             tracing::debug!(%error, "HTTP/2 connection failed");
         }

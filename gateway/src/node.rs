@@ -150,7 +150,10 @@ pub async fn run(
     crate::listener::serve(
         listener,
         router(Arc::clone(&app), config.http.body_limit_bytes),
-        config.http.body_limit_bytes,
+        crate::http2::BodyLimits {
+            bytes: config.http.body_limit_bytes,
+            time: config.http.request_timeout(),
+        },
         drain_timeout,
         stop_signal,
     )

@@ -15,11 +15,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use payu_gateway::h2frame::*;
 use payu_gateway::hpack::{self, Decoder};
+use payu_gateway::http2::BodyLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 
 const BODY_LIMIT: usize = 1000;
+/// A body still arriving this long after its headers is given up.
+const BODY_TIME: Duration = Duration::from_millis(300);
 const BIG_ANSWER_BYTES: usize = 100_000;
 /// A server that stops answering fails the test after this long.
 const HANG: Duration = Duration::from_secs(30);
@@ -52,7 +55,10 @@ async fn server() -> Server {
     let task = tokio::spawn(payu_gateway::listener::serve(
         listener,
         router,
-        BODY_LIMIT,
+        BodyLimits {
+            bytes: BODY_LIMIT,
+            time: BODY_TIME,
+        },
         HANG,
         async move {
             let _ = stopped.await;
@@ -573,6 +579,23 @@ async fn a_body_past_the_limit_is_answered_413_at_once() {
     client.request(3, "POST", "/echo", Some(b"next")).await;
     let answer = client.answer(3).await;
     assert_eq!((answer.status, &answer.body[..]), (200, &b"next"[..]));
+}
+
+/// Proves: a body that stops arriving is given up after the time limit (RST_STREAM with
+/// CANCEL), while a request on the same connection that completes is answered.
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_given_up() {
+    let server = server().await;
+    let mut client = Client::connect(&server, &[]).await;
+    let block = request_block("POST", "/echo", Some(10), &[]);
+    let mut out = frame(HEADERS, FLAG_END_HEADERS, 1, &block);
+    out.extend(frame(DATA, 0, 1, b"half"));
+    client.send(&out).await;
+    client.request(3, "POST", "/echo", Some(b"whole")).await;
+    let answer = client.answer(3).await;
+    assert_eq!((answer.status, &answer.body[..]), (200, &b"whole"[..]));
+    let reset = client.answer(1).await;
+    assert_eq!(reset.reset, Some(CANCEL));
 }
 
 /// Proves: when the node stops, an HTTP/2 connection gets GOAWAY naming the last stream it
