@@ -266,10 +266,13 @@ impl Connection {
                     self.fail(error);
                 }
             }
+            // Reading waits while too much output waits: once a write brings it under the
+            // bound, the loop goes round again, so that the read registers for a wake-up.
+            let output_full = self.out.len() - self.written >= OUTPUT_BYTES_MAX;
             if self.failed.is_none()
                 && !self.read_closed
                 && self.filled < self.input.len()
-                && self.out.len() - self.written < OUTPUT_BYTES_MAX
+                && !output_full
             {
                 match self.read(context) {
                     Poll::Ready(Ok(0)) => {
@@ -305,6 +308,9 @@ impl Connection {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => {}
+            }
+            if output_full && self.out.len() - self.written < OUTPUT_BYTES_MAX {
+                progressed = true;
             }
             if self.finished() {
                 return Poll::Ready(Ok(()));
