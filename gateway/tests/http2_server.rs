@@ -285,6 +285,20 @@ fn request_block(
     block
 }
 
+/// Whole requests without bodies, `block` each, on streams `1 + 2n` for `n` in `streams`.
+fn header_frames(streams: std::ops::Range<u32>, block: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in streams {
+        out.extend(frame(
+            HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            1 + 2 * n,
+            block,
+        ));
+    }
+    out
+}
+
 fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     frame_header(&mut out, payload.len(), kind, flags, id);
@@ -514,27 +528,11 @@ async fn reading_resumes_after_the_output_drains() {
     let mut out = frame(WINDOW_UPDATE, 0, 0, &(1u32 << 30).to_be_bytes());
     let block = request_block("GET", "/big", None, &[]);
     // 200 answers of 100 kB: far more than the socket buffers and the server's output bound.
-    for n in 0..200u32 {
-        out.extend(frame(
-            HEADERS,
-            FLAG_END_HEADERS | FLAG_END_STREAM,
-            1 + 2 * n,
-            &block,
-        ));
-    }
+    out.extend(header_frames(0..200, &block));
     client.send(&out).await;
     // Time for the server to answer them into its full output and stop reading.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut out = Vec::new();
-    for n in 200..210u32 {
-        out.extend(frame(
-            HEADERS,
-            FLAG_END_HEADERS | FLAG_END_STREAM,
-            1 + 2 * n,
-            &block,
-        ));
-    }
-    client.send(&out).await;
+    client.send(&header_frames(200..210, &block)).await;
     // Read as fast as the socket gives, parsing later: the server's writes then find room
     // for all it holds at once, the moment its stall showed in.
     let mut raw = Vec::with_capacity(32 << 20);
@@ -572,23 +570,9 @@ async fn reading_resumes_after_the_output_drains() {
 async fn streams_past_the_limit_are_refused_and_resets_still_count() {
     let server = server().await;
     let mut client = Client::connect(&server, &[]).await;
-    let mut out = Vec::new();
     let block = request_block("GET", "/wait", None, &[]);
-    for n in 0..512u32 {
-        out.extend(frame(
-            HEADERS,
-            FLAG_END_HEADERS | FLAG_END_STREAM,
-            1 + 2 * n,
-            &block,
-        ));
-    }
-    out.extend(frame(
-        HEADERS,
-        FLAG_END_HEADERS | FLAG_END_STREAM,
-        1025,
-        &block,
-    ));
-    client.send(&out).await;
+    // Streams 1..=1023 fill the limit; 1025 is one too many.
+    client.send(&header_frames(0..513, &block)).await;
     assert_eq!(client.answer(1025).await.reset, Some(REFUSED_STREAM));
 
     // The first ten are reset by the client; a new stream is still refused.
