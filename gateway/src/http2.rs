@@ -857,7 +857,7 @@ impl Connection {
 
     fn answered(&mut self, id: u32, (head, body): Answer) {
         let Some(stream) = self.streams.get_mut(&id) else {
-            self.orphans -= 1;
+            self.orphans = self.orphans.saturating_sub(1);
             return;
         };
         let State::Answering { remote_closed } = stream.state else {
