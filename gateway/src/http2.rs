@@ -24,8 +24,9 @@
 //! Its bounds: [`STREAMS_MAX`] streams; a request's header block and its decoded fields
 //! [`HEADER_LIST_BYTES_MAX`] (more is answered 431); a request body the router's limit plus
 //! one byte (the router then answers 413); all bodies still arriving on a connection
-//! [`BUFFERED_BODY_BYTES_MAX`] (the stream that would pass it is refused); output waiting for
-//! the socket [`OUTPUT_BYTES_MAX`] (reading pauses); an answer [`ANSWER_BYTES_MAX`].
+//! [`BUFFERED_BODY_BYTES_MAX`] (the stream that would pass it is refused); a body's time, the
+//! request time limit ([`BodyLimits`]; then the stream is reset with CANCEL); output waiting
+//! for the socket [`OUTPUT_BYTES_MAX`] (reading pauses); an answer [`ANSWER_BYTES_MAX`].
 //!
 //! Answers are encoded without the dynamic table (hpack.rs), so the client's table holds
 //! nothing of ours and the server keeps no encoder state, and without Huffman coding, which
@@ -864,7 +865,9 @@ impl Connection {
             return;
         };
         let Ok(body) = body else {
-            self.reset(id, INTERNAL_ERROR);
+            // Not `reset`: that would count the finished answer as one still being made.
+            self.streams.remove(&id);
+            rst_stream(&mut self.out, id, INTERNAL_ERROR);
             return;
         };
         let body = match stream.head || no_body(head.status) {

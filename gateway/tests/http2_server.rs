@@ -42,6 +42,15 @@ async fn server() -> Server {
         .route("/echo", post(|body: Bytes| async move { body }))
         .route("/big", get(|| async { vec![b'x'; BIG_ANSWER_BYTES] }))
         .route(
+            "/broken",
+            get(|| async {
+                let failing = futures_util::stream::iter([Err::<Bytes, _>(std::io::Error::other(
+                    "the answer's body fails",
+                ))]);
+                axum::body::Body::from_stream(failing)
+            }),
+        )
+        .route(
             "/wait",
             get(move || async move {
                 waiting.acquire().await.expect("open").forget();
@@ -603,6 +612,28 @@ async fn streams_past_the_limit_are_refused_and_resets_still_count() {
         after.iter().all(|f| f.kind != HEADERS && f.kind != DATA),
         "nothing for the reset streams: {after:?}"
     );
+}
+
+/// Proves: an answer whose body cannot be read resets its stream with INTERNAL_ERROR, and
+/// such streams stop counting against the stream limit: 600 of them, 100 at a time, are all
+/// reset, none refused.
+#[tokio::test]
+async fn an_answer_that_fails_resets_its_stream_and_frees_it() {
+    let server = server().await;
+    let mut client = Client::connect(&server, &[]).await;
+    let block = request_block("GET", "/broken", None, &[]);
+    for round in 0..6u32 {
+        client
+            .send(&header_frames(round * 100..(round + 1) * 100, &block))
+            .await;
+        let mut reset = std::collections::BTreeSet::new();
+        while reset.len() < 100 {
+            let frame = client.next().await.expect("a reset");
+            assert_eq!(frame.kind, RST_STREAM, "{frame:?}");
+            assert_eq!(frame.code(), INTERNAL_ERROR, "stream {}", frame.id);
+            reset.insert(frame.id);
+        }
+    }
 }
 
 /// Proves: a body past the limit is answered 413 before it ends, the stream is then reset
