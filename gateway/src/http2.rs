@@ -816,26 +816,29 @@ impl Connection {
 
     /// The client's side of stream `id` has ended (`remote_closed`), or its body passed the
     /// limit: the request goes to the router.
+    ///
+    /// A stream is `Answering` only once its answer is being made: `forget` counts an
+    /// `Answering` stream it drops as an answer still to come.
     fn received(&mut self, id: u32, remote_closed: bool) {
-        let Some(stream) = self.streams.get_mut(&id) else {
+        let Some(stream) = self.streams.get(&id) else {
             return;
         };
-        let state = std::mem::replace(&mut stream.state, State::Answering { remote_closed });
-        let State::Receiving {
-            request,
-            body,
-            declared,
-            ..
-        } = state
-        else {
+        let State::Receiving { body, declared, .. } = &stream.state else {
             return;
         };
-        self.buffered_body -= body.len();
         let complete = body.len() <= self.body_limit;
         if complete && remote_closed && declared.is_some_and(|length| length != body.len()) {
             self.reset(id, PROTOCOL_ERROR);
             return;
         }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let state = std::mem::replace(&mut stream.state, State::Answering { remote_closed });
+        let State::Receiving { request, body, .. } = state else {
+            return;
+        };
+        self.buffered_body -= body.len();
         self.dispatch(id, (*request).map(|()| Body::from(body)));
     }
 

@@ -614,6 +614,27 @@ async fn streams_past_the_limit_are_refused_and_resets_still_count() {
     );
 }
 
+/// Sends `rounds` rounds of 100 requests (`frames` makes a round's frames for its 100 stream
+/// numbers) and expects every stream reset with `code`, none refused: streams that end this
+/// way stop counting against the 512-stream limit.
+async fn resets_in_rounds(
+    client: &mut Client,
+    rounds: u32,
+    frames: impl Fn(std::ops::Range<u32>) -> Vec<u8>,
+    code: u32,
+) {
+    for round in 0..rounds {
+        client.send(&frames(round * 100..(round + 1) * 100)).await;
+        let mut reset = std::collections::BTreeSet::new();
+        while reset.len() < 100 {
+            let frame = client.next().await.expect("a reset");
+            assert_eq!(frame.kind, RST_STREAM, "{frame:?}");
+            assert_eq!(frame.code(), code, "stream {}", frame.id);
+            reset.insert(frame.id);
+        }
+    }
+}
+
 /// Proves: an answer whose body cannot be read resets its stream with INTERNAL_ERROR, and
 /// such streams stop counting against the stream limit: 600 of them, 100 at a time, are all
 /// reset, none refused.
@@ -622,18 +643,27 @@ async fn an_answer_that_fails_resets_its_stream_and_frees_it() {
     let server = server().await;
     let mut client = Client::connect(&server, &[]).await;
     let block = request_block("GET", "/broken", None, &[]);
-    for round in 0..6u32 {
-        client
-            .send(&header_frames(round * 100..(round + 1) * 100, &block))
-            .await;
-        let mut reset = std::collections::BTreeSet::new();
-        while reset.len() < 100 {
-            let frame = client.next().await.expect("a reset");
-            assert_eq!(frame.kind, RST_STREAM, "{frame:?}");
-            assert_eq!(frame.code(), INTERNAL_ERROR, "stream {}", frame.id);
-            reset.insert(frame.id);
+    let frames = |streams| header_frames(streams, &block);
+    resets_in_rounds(&mut client, 6, frames, INTERNAL_ERROR).await;
+}
+
+/// Proves: bodies that do not match their content-length are reset with PROTOCOL_ERROR, and
+/// such streams stop counting against the stream limit: 600 of them, 100 at a time, are all
+/// reset, none refused.
+#[tokio::test]
+async fn content_length_mismatches_reset_their_streams_and_free_them() {
+    let server = server().await;
+    let mut client = Client::connect(&server, &[]).await;
+    let block = request_block("POST", "/echo", Some(10), &[]);
+    let frames = |streams: std::ops::Range<u32>| {
+        let mut out = Vec::new();
+        for n in streams {
+            out.extend(frame(HEADERS, FLAG_END_HEADERS, 1 + 2 * n, &block));
+            out.extend(frame(DATA, FLAG_END_STREAM, 1 + 2 * n, b"short"));
         }
-    }
+        out
+    };
+    resets_in_rounds(&mut client, 6, frames, PROTOCOL_ERROR).await;
 }
 
 /// Proves: a body past the limit is answered 413 before it ends, the stream is then reset
