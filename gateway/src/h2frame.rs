@@ -88,6 +88,23 @@ pub fn frame_header(out: &mut Vec<u8>, length: usize, kind: u8, flags: u8, id: u
     out.extend_from_slice(&id.to_be_bytes());
 }
 
+/// A header block as a HEADERS frame and, past `frame_max` bytes, CONTINUATION frames;
+/// `flags` (END_STREAM or nothing) go on the HEADERS frame, END_HEADERS on the last.
+pub fn header_block_frames(out: &mut Vec<u8>, id: u32, block: &[u8], flags: u8, frame_max: usize) {
+    let mut chunks = block.chunks(frame_max).peekable();
+    let mut kind = HEADERS;
+    let mut flags = flags;
+    while let Some(chunk) = chunks.next() {
+        if chunks.peek().is_none() {
+            flags |= FLAG_END_HEADERS;
+        }
+        frame_header(out, chunk.len(), kind, flags, id);
+        out.extend_from_slice(chunk);
+        kind = CONTINUATION;
+        flags = 0;
+    }
+}
+
 pub fn window_update(out: &mut Vec<u8>, id: u32, increment: u32) {
     frame_header(out, 4, WINDOW_UPDATE, 0, id);
     out.extend_from_slice(&increment.to_be_bytes());
@@ -111,5 +128,59 @@ pub fn settings(out: &mut Vec<u8>, settings: &[(u16, u32)]) {
     for &(id, value) in settings {
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&value.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frames in `bytes`: (header, payload).
+    fn frames(mut bytes: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while let Some(header) = parse_header(bytes) {
+            let end = FRAME_HEADER_BYTES + header.length;
+            frames.push((header, bytes[FRAME_HEADER_BYTES..end].to_vec()));
+            bytes = &bytes[end..];
+        }
+        assert!(bytes.is_empty(), "a partial frame left");
+        frames
+    }
+
+    /// Proves: a block that fits is one HEADERS frame with END_HEADERS and the given flags; a
+    /// longer one is HEADERS (with the flags) and CONTINUATIONs of at most `frame_max`, END_HEADERS
+    /// on the last only, whose payloads are the block.
+    #[test]
+    fn header_blocks_split_into_continuations_past_the_frame_size() {
+        let mut out = Vec::new();
+        header_block_frames(&mut out, 7, b"small", FLAG_END_STREAM, FRAME_BYTES_DEFAULT);
+        let small = frames(&out);
+        assert_eq!(small.len(), 1);
+        assert_eq!(
+            (small[0].0.kind, small[0].0.flags, small[0].0.id),
+            (HEADERS, FLAG_END_STREAM | FLAG_END_HEADERS, 7)
+        );
+        assert_eq!(small[0].1, b"small");
+
+        let block: Vec<u8> = (0..40_000u32).map(|n| n as u8).collect();
+        let mut out = Vec::new();
+        header_block_frames(&mut out, 9, &block, 0, FRAME_BYTES_DEFAULT);
+        let split = frames(&out);
+        let kinds: Vec<(u8, u8)> = split.iter().map(|(h, _)| (h.kind, h.flags)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (HEADERS, 0),
+                (CONTINUATION, 0),
+                (CONTINUATION, FLAG_END_HEADERS)
+            ]
+        );
+        assert!(
+            split
+                .iter()
+                .all(|(h, _)| h.id == 9 && h.length <= FRAME_BYTES_DEFAULT)
+        );
+        let joined: Vec<u8> = split.into_iter().flat_map(|(_, payload)| payload).collect();
+        assert_eq!(joined, block);
     }
 }

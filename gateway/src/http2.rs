@@ -1067,18 +1067,7 @@ fn encode_head(
     }
     let whole = block.split_off(block_start);
     block.truncate(start);
-    let mut chunks = whole.chunks(FRAME_BYTES_DEFAULT).peekable();
-    let mut kind = HEADERS;
-    let mut flags = end_stream;
-    while let Some(chunk) = chunks.next() {
-        if chunks.peek().is_none() {
-            flags |= FLAG_END_HEADERS;
-        }
-        frame_header(block, chunk.len(), kind, flags, id);
-        block.extend_from_slice(chunk);
-        kind = CONTINUATION;
-        flags = 0;
-    }
+    header_block_frames(block, id, &whole, end_stream, FRAME_BYTES_DEFAULT);
 }
 
 /// `value` in decimal digits, written into `digits`.

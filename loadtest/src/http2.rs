@@ -44,7 +44,7 @@ use payu_gateway::h2frame::{
     FRAME_SIZE_ERROR, GOAWAY, HEADERS, NO_ERROR, PING, PREFACE, PROTOCOL_ERROR, PUSH_PROMISE,
     RST_STREAM, SETTINGS, SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE,
     SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE, STREAM_ID_MAX, WINDOW_DEFAULT,
-    WINDOW_MAX, WINDOW_UPDATE, frame_header, goaway, unpad, window_update,
+    WINDOW_MAX, WINDOW_UPDATE, frame_header, goaway, header_block_frames, unpad, window_update,
 };
 
 /// Connections each lane opens to the node, at most; its requests take them in turn.
@@ -476,18 +476,7 @@ impl State {
             true => FLAG_END_STREAM,
             false => 0,
         };
-        let mut chunks = block.chunks(self.peer_frame_max).peekable();
-        let mut kind = HEADERS;
-        let mut flags = end_stream;
-        while let Some(chunk) = chunks.next() {
-            if chunks.peek().is_none() {
-                flags |= FLAG_END_HEADERS;
-            }
-            frame_header(&mut self.out, chunk.len(), kind, flags, id);
-            self.out.extend_from_slice(chunk);
-            kind = CONTINUATION;
-            flags = 0;
-        }
+        header_block_frames(&mut self.out, id, &block, end_stream, self.peer_frame_max);
         self.scratch = block;
     }
 
