@@ -1128,7 +1128,10 @@ impl TxnRing {
         if self.slots.len() == self.max {
             self.evict_oldest();
         }
-        debug_assert!(self.slots.len() < self.slots.capacity(), "the ring never grows");
+        debug_assert!(
+            self.slots.len() < self.slots.capacity(),
+            "the ring never grows"
+        );
         self.slots.push_back(slot);
     }
 
