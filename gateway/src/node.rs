@@ -71,7 +71,7 @@ pub async fn run(
         "ledger restored"
     );
 
-    let read = Arc::new(ReadModel::new(config.read_model));
+    let read = Arc::new(ReadModel::try_new(config.read_model).map_err(anyhow::Error::msg)?);
     read.seed(&restored.engine, journal.first_seq());
     let reader = journal
         .reader(journal.first_seq())

@@ -215,16 +215,23 @@ impl std::fmt::Debug for ReadModel {
 }
 
 impl ReadModel {
-    /// An empty model. Panics on an invalid configuration (see `ReadModelConfig::validate`).
+    /// An empty model. Panics on an invalid configuration (see `ReadModelConfig::validate`)
+    /// or when its transaction ring cannot be reserved; the node uses [`ReadModel::try_new`].
     pub fn new(config: ReadModelConfig) -> ReadModel {
-        if let Err(reason) = config.validate() {
-            panic!("invalid read model configuration: {reason}");
-        }
-        ReadModel {
-            state: RwLock::new(State::new(config)),
+        ReadModel::try_new(config).unwrap_or_else(|reason| panic!("{reason}"))
+    }
+
+    /// An empty model, or why there cannot be one: an invalid configuration, or a transaction
+    /// ring (`transactions_max` slots) whose address space the system refuses.
+    pub fn try_new(config: ReadModelConfig) -> Result<ReadModel, String> {
+        config
+            .validate()
+            .map_err(|reason| format!("invalid read model configuration: {reason}"))?;
+        Ok(ReadModel {
+            state: RwLock::new(State::new(config)?),
             applied_seq: AtomicU64::new(0),
             published: tokio::sync::watch::Sender::new(0),
-        }
+        })
     }
 
     /// Seeds account, pocket and active-hold views from a restored engine (its state as of
@@ -465,16 +472,16 @@ struct State {
 }
 
 impl State {
-    fn new(config: ReadModelConfig) -> State {
-        State {
+    fn new(config: ReadModelConfig) -> Result<State, String> {
+        Ok(State {
             seed_seq: None,
             history_from: 1,
             last_record_seq: None,
             accounts: Accounts::default(),
             pockets: Pockets::default(),
             holds: Holds::new(HOLDS_FINISHED_MAX),
-            txns: TxnRing::new(config.transactions_max),
-        }
+            txns: TxnRing::new(config.transactions_max)?,
+        })
     }
 
     /// The seq up to which every view, history included, is complete.
@@ -1057,21 +1064,29 @@ struct TxnRing {
 }
 
 impl TxnRing {
-    /// Reserves the whole ring at once. The memory is address space until transactions fill
-    /// it (the kernel maps a page when it is first written), so the node's resident memory
-    /// still grows with the ring. Growing by doubling instead copied the whole ring on the
-    /// read model's thread, under its write lock: at 2^20 transactions (117 MB, into a new
-    /// 235 MB) that took about 110 ms of a core in the middle of a 35k/s load
-    /// (docs/PERFORMANCE.md), and the last doubling to the default bound would copy 235 MB.
-    fn new(max: usize) -> TxnRing {
+    /// Reserves the whole ring at once; an error if the system refuses the address space.
+    /// The memory is address space until transactions fill it (the kernel maps a page when it
+    /// is first written), so the node's resident memory still grows with the ring. Growing by
+    /// doubling instead copied the whole ring on the read model's thread, under its write
+    /// lock: at 2^20 transactions (117 MB, into a new 235 MB) that took about 270 ms of a core
+    /// within 300 ms, in the middle of a 35k/s load (docs/PERFORMANCE.md).
+    fn new(max: usize) -> Result<TxnRing, String> {
         assert!(max > 0);
-        TxnRing {
-            slots: VecDeque::with_capacity(max),
+        let mut slots = VecDeque::new();
+        slots.try_reserve_exact(max).map_err(|error| {
+            let mib = (max as u128 * std::mem::size_of::<Option<Slot>>() as u128) >> 20;
+            format!(
+                "reserving the read model's ring of {max} transactions \
+                 ({mib} MiB of address space; read_model.transactions_max): {error}"
+            )
+        })?;
+        Ok(TxnRing {
+            slots,
             first: 1,
             max,
             stored: 0,
             evicted: 0,
-        }
+        })
     }
 
     fn next_id(&self) -> u64 {
@@ -1707,7 +1722,7 @@ mod tests {
             currency: IDR,
             kind: TxnKind::Transfer,
         };
-        let mut ring = TxnRing::new(8);
+        let mut ring = TxnRing::new(8).expect("a small ring");
         let reserved = ring.slots.capacity();
         assert!(reserved >= 8, "the whole ring is reserved up front");
         assert!(ring.push(1, slot(1)) && ring.push(2, slot(2)));
@@ -1732,13 +1747,29 @@ mod tests {
         // Through gaps, a restart and eviction, the ring never grew (nor copied itself).
         assert_eq!(ring.slots.capacity(), reserved);
 
-        let mut ring = TxnRing::new(3000);
+        let mut ring = TxnRing::new(3000).expect("a small ring");
         let reserved = ring.slots.capacity();
         for id in 1..=10_000 {
             assert!(ring.push(id, slot(id)));
             assert_eq!(ring.slots.capacity(), reserved, "at txn {id}");
         }
         assert_eq!((ring.stored, ring.oldest()), (3000, Some(TxnId(7001))));
+    }
+
+    #[test]
+    fn a_ring_the_system_refuses_is_an_error_not_an_abort() {
+        // More address space than a process can have: refused before anything is mapped.
+        let error = TxnRing::new(usize::MAX / 64).err().expect("refused");
+        assert!(
+            error.contains("reserving the read model's ring of")
+                && error.contains("read_model.transactions_max"),
+            "{error}"
+        );
+        let error = ReadModel::try_new(ReadModelConfig {
+            transactions_max: 0,
+        })
+        .expect_err("refused");
+        assert!(error.contains("transactions_max: need 1..="), "{error}");
     }
 
     fn assert_same_views(a: &ReadModel, b: &ReadModel, accounts: u64, holds: u64, txns: u64) {
