@@ -19,7 +19,7 @@ use crate::holds::Holds;
 use crate::ids::{AccountId, HoldId, OwnerId, Timestamp, TxnId};
 use crate::outcome::*;
 use crate::state::*;
-use crate::window::Window;
+use crate::window::{Window, WindowItem};
 
 /// The most expired holds one command releases; the rest go with the following commands (a
 /// commit or release of an overdue hold is refused by its deadline either way).
@@ -142,6 +142,32 @@ impl Engine {
             net_units: 0,
             calendar: CalendarCache::default(),
         }
+    }
+
+    /// The blocks of address space, in bytes, a ledger with `config` reserves up front: its
+    /// accounts, active holds and the idempotency, payment and finished-hold windows (index
+    /// and items), each sized for its bound when the ledger is made (or restored), plus a
+    /// snapshot mirror's copy of each window's items. Pages are mapped only as the tables
+    /// fill. A node checks that the system grants these blocks before it makes the ledger, so
+    /// bounds too large for the machine are a start-up error instead of an allocation
+    /// failure, which aborts the process.
+    pub fn reservations(config: &EngineConfig) -> Vec<u128> {
+        fn items<T>(capacity: u64) -> u128 {
+            capacity as u128 * std::mem::size_of::<T>() as u128
+        }
+        fn window<T: WindowItem>(capacity: u64) -> [u128; 3] {
+            let items = items::<T>(capacity);
+            [Window::<T>::reserved_bytes(capacity) - items, items, items]
+        }
+        // A hash table has at least 8/7 buckets per entry, a power of two, each with its entry
+        // and a control byte.
+        let buckets = (config.holds_active_max as u128 * 8 / 7 + 1).next_power_of_two();
+        let holds = buckets * (std::mem::size_of::<(HoldId, Hold)>() as u128 + 1);
+        let mut blocks = vec![items::<Account>(config.accounts_max), holds];
+        blocks.extend(window::<IdempotencyEntry>(config.idempotency_entries_max));
+        blocks.extend(window::<PaymentRecord>(config.refundable_payments_max));
+        blocks.extend(window::<FinishedHold>(config.finished_holds_max));
+        blocks
     }
 
     /// Loads what applying `commands` will read first: each one's idempotency index slot and,

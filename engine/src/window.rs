@@ -73,6 +73,17 @@ impl<T> WindowMirror<T> {
     }
 }
 
+/// The index slots of a window sized for `capacity` items: at least `INDEX_SLOTS_PER_ITEM_MIN`
+/// per item, a power of two (`usize::MAX` if there cannot be that many).
+fn index_slots(capacity: u64) -> usize {
+    let (numerator, denominator) = INDEX_SLOTS_PER_ITEM_MIN;
+    usize::try_from(capacity.saturating_mul(numerator) / denominator + 1)
+        .ok()
+        .and_then(usize::checked_next_power_of_two)
+        .unwrap_or(usize::MAX)
+        .max(INDEX_SLOTS_MIN)
+}
+
 /// An empty index slot. A used slot never equals it: its tag has the low bit set.
 const SLOT_EMPTY: u64 = 0;
 
@@ -94,11 +105,7 @@ impl<T: WindowItem> Window<T> {
             capacity < 1 << 31,
             "window capacity must leave positions distinct in 32 bits"
         );
-        let (numerator, denominator) = INDEX_SLOTS_PER_ITEM_MIN;
-        let slots = usize::try_from(capacity * numerator / denominator + 1)
-            .expect("capacity checked above")
-            .next_power_of_two()
-            .max(INDEX_SLOTS_MIN);
+        let slots = index_slots(capacity);
         Window {
             index: vec![SLOT_EMPTY; slots],
             index_mask: slots - 1,
@@ -110,6 +117,12 @@ impl<T: WindowItem> Window<T> {
             evicted_early: 0,
             changes: ChangeLog::Off,
         }
+    }
+
+    /// The bytes of address space `with_capacity(capacity)` reserves: its index and its items.
+    pub(crate) fn reserved_bytes(capacity: u64) -> u128 {
+        let index = index_slots(capacity) as u128 * std::mem::size_of::<u64>() as u128;
+        index + capacity as u128 * std::mem::size_of::<T>() as u128
     }
 
     /// Rebuilds a window from its items in order (from a snapshot). The index is sized for
@@ -434,6 +447,22 @@ mod tests {
         fn at(&self) -> Timestamp {
             self.1
         }
+    }
+
+    #[test]
+    fn reserved_bytes_match_what_a_window_allocates() {
+        for capacity in [0, 1, 5, 6, 7, 1000, 1 << 20, 10_000_000] {
+            let window: Window<Item> = Window::with_capacity(capacity);
+            let allocated = window.index.capacity() * std::mem::size_of::<u64>()
+                + window.items.capacity() * std::mem::size_of::<Item>();
+            assert_eq!(
+                Window::<Item>::reserved_bytes(capacity),
+                allocated as u128,
+                "capacity {capacity}"
+            );
+        }
+        // A bound no machine can hold is a number, not a panic.
+        assert!(Window::<Item>::reserved_bytes(u64::MAX) > u64::MAX as u128);
     }
 
     #[test]
