@@ -144,14 +144,33 @@ impl Engine {
         }
     }
 
+    /// Checks that the system grants the address space a ledger with `config` reserves up
+    /// front (see `reservations`): each block reserved, all held together, then released,
+    /// never written, so the check costs no memory. Bounds too large for the machine then
+    /// fail here with a message instead of aborting the process when the tables are
+    /// allocated. The error is the total in MiB.
+    pub fn check_reservations(config: &EngineConfig) -> Result<(), u128> {
+        let blocks = Engine::reservations(config);
+        let mut held: Vec<Vec<u8>> = Vec::with_capacity(blocks.len());
+        for &bytes in &blocks {
+            let mut block: Vec<u8> = Vec::new();
+            let granted = usize::try_from(bytes)
+                .ok()
+                .is_some_and(|bytes| block.try_reserve_exact(bytes).is_ok());
+            if !granted {
+                return Err(blocks.iter().sum::<u128>() >> 20);
+            }
+            held.push(block);
+        }
+        Ok(())
+    }
+
     /// The blocks of address space, in bytes, a ledger with `config` reserves up front: its
     /// accounts, active holds and the idempotency, payment and finished-hold windows (index
     /// and items), each sized for its bound when the ledger is made (or restored), plus a
     /// snapshot mirror's copy of each window's items. Pages are mapped only as the tables
-    /// fill. A node checks that the system grants these blocks before it makes the ledger, so
-    /// bounds too large for the machine are a start-up error instead of an allocation
-    /// failure, which aborts the process.
-    pub fn reservations(config: &EngineConfig) -> Vec<u128> {
+    /// fill.
+    pub(crate) fn reservations(config: &EngineConfig) -> Vec<u128> {
         fn items<T>(capacity: u64) -> u128 {
             capacity as u128 * std::mem::size_of::<T>() as u128
         }

@@ -51,6 +51,10 @@ pub enum SnapshotError {
     },
     /// Well-formed, but the state breaks an engine invariant.
     Invalid(String),
+    /// The system refuses the address space (MiB) the snapshot's bounds reserve up front.
+    AddressSpace {
+        mib: u128,
+    },
 }
 
 impl std::fmt::Display for SnapshotError {
@@ -64,6 +68,11 @@ impl std::fmt::Display for SnapshotError {
                 )
             }
             SnapshotError::Invalid(reason) => write!(f, "snapshot breaks an invariant: {reason}"),
+            SnapshotError::AddressSpace { mib } => write!(
+                f,
+                "the ledger's tables, sized by the bounds it was created with, need {mib} MiB \
+                 of address space up front, which the system refused: give the node more memory"
+            ),
         }
     }
 }
@@ -339,6 +348,8 @@ impl Engine {
             });
         }
         snapshot.config.validate().map_err(SnapshotError::Invalid)?;
+        Engine::check_reservations(&snapshot.config)
+            .map_err(|mib| SnapshotError::AddressSpace { mib })?;
         let mut engine = Engine::new(snapshot.config);
         engine.last_seq = snapshot.last_seq;
         engine.last_timestamp = snapshot.last_timestamp;

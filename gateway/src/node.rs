@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use payu_engine::Engine;
 use payu_journal::{Journal, JournalConfig, MmapStorage, SnapshotStore, restore_engine};
 
 use crate::api::{App, JournalLookup, NodeInfo, router};
@@ -59,16 +58,7 @@ pub async fn run(
     tracing::info!(?recovery, flush_backend, "journal opened");
     let snapshots = SnapshotStore::open(&config.snapshot_dir())
         .with_context(|| format!("opening {}", config.snapshot_dir().display()))?;
-    let engine_config = config.engine_config();
-    check_address_space(&Engine::reservations(&engine_config)).map_err(|mib| {
-        anyhow::anyhow!(
-            "the ledger's tables need {mib} MiB of address space up front, which the system \
-             refused: lower engine.accounts_max, engine.holds_active_max, \
-             engine.idempotency_entries_max, engine.refundable_payments_max or \
-             engine.finished_holds_max, or give the node more memory"
-        )
-    })?;
-    let restored = restore_engine(&snapshots, &journal, engine_config)
+    let restored = restore_engine(&snapshots, &journal, config.engine_config())
         .map_err(|error| anyhow::anyhow!("restoring the ledger: {error}"))?;
     for rejected in &restored.rejected_snapshots {
         tracing::warn!(snapshot = %rejected, "snapshot passed over");
@@ -225,25 +215,6 @@ pub async fn termination() {
 }
 
 /// A listening socket with `LISTEN_BACKLOG` (and `SO_REUSEADDR`, as `TcpListener::bind` sets).
-/// Checks that the system grants all of `blocks` (sizes in bytes) of address space at once:
-/// each reserved, all held together, then released, never written, so it costs no memory.
-/// Tables sized up front then fail here, with a message, instead of aborting the process
-/// when they are allocated. The error is their total in MiB.
-fn check_address_space(blocks: &[u128]) -> Result<(), u128> {
-    let mut held: Vec<Vec<u8>> = Vec::with_capacity(blocks.len());
-    for &bytes in blocks {
-        let mut block: Vec<u8> = Vec::new();
-        let granted = usize::try_from(bytes)
-            .ok()
-            .is_some_and(|bytes| block.try_reserve_exact(bytes).is_ok());
-        if !granted {
-            return Err(blocks.iter().sum::<u128>() >> 20);
-        }
-        held.push(block);
-    }
-    Ok(())
-}
-
 fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = match address {
         std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,

@@ -1,8 +1,13 @@
 //! Start-up refusals of the real `payu` binary: tables sized up front that the system will not
 //! map are an error with a message and exit status 1, never an allocation abort.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Api, Node, NodeOptions};
 
 /// The address space the node may use in these tests (`ulimit -v`, KiB): a little under 8 GB,
 /// room for the default tables but not for either bound below.
@@ -59,6 +64,41 @@ fn ledger_tables_the_system_refuses_are_a_startup_error() {
             "the ledger's tables need",
             "MiB of address space",
             "engine.accounts_max",
+        ],
+    );
+}
+
+/// The bounds a ledger was created with live in its snapshots and win over the configuration
+/// at a restart, so the check must use the snapshot's bounds, not the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_tables_the_system_refuses_is_a_startup_error() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    // Created without the limit, with room for 100M accounts (address space, not memory).
+    let mut node = Node::start(
+        &data,
+        &NodeOptions {
+            accounts_max: 100_000_000,
+            ..NodeOptions::default()
+        },
+    );
+    let api = Api::new(&node.base, &common::token(&data));
+    api.wait_ready().await;
+    api.open_account("settlement", None, 0).await;
+    node.terminate(); // a graceful stop takes a snapshot
+    let status = node.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "{status:?}\n{}",
+        node.log_tail()
+    );
+    // The configuration now asks for little; the snapshot's bounds still need ~9 GiB.
+    let output = serve_limited(dir.path(), "[engine]\naccounts_max = 1000\n");
+    assert_refused(
+        &output,
+        &[
+            "sized by the bounds it was created with",
+            "MiB of address space",
         ],
     );
 }

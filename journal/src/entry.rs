@@ -250,7 +250,17 @@ pub fn restore_engine<S: crate::Storage>(
             })?;
             (engine, Some(file.seq))
         }
-        None => (Engine::new(genesis), None),
+        None => {
+            Engine::check_reservations(&genesis).map_err(|mib| {
+                RestoreError::Config(format!(
+                    "the ledger's tables need {mib} MiB of address space up front, which the \
+                     system refused: lower engine.accounts_max, engine.holds_active_max, \
+                     engine.idempotency_entries_max, engine.refundable_payments_max or \
+                     engine.finished_holds_max, or give the node more memory"
+                ))
+            })?;
+            (Engine::new(genesis), None)
+        }
     };
     let durable_seq = journal.durable_seq();
     if engine.last_seq() > durable_seq {
