@@ -74,7 +74,9 @@ fn ledger_tables_the_system_refuses_are_a_startup_error() {
 async fn a_snapshot_whose_tables_the_system_refuses_is_a_startup_error() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
-    // Created without the limit, with room for 100M accounts (address space, not memory).
+    // Created without the limit, with room for 100M accounts: address space, not memory, but
+    // the kernel's default overcommit refuses one mapping larger than RAM plus swap, so this
+    // needs a machine with more than ~10 GB (these have 24 GiB).
     let mut node = Node::start(
         &data,
         &NodeOptions {
