@@ -175,8 +175,8 @@ impl Engine {
             capacity as u128 * std::mem::size_of::<T>() as u128
         }
         fn window<T: WindowItem>(capacity: u64) -> [u128; 3] {
-            let items = items::<T>(capacity);
-            [Window::<T>::reserved_bytes(capacity) - items, items, items]
+            let [index, items] = Window::<T>::reserved_blocks(capacity);
+            [index, items, items]
         }
         // A hash table has at least 8/7 buckets per entry, a power of two, each with its entry
         // and a control byte.

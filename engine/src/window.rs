@@ -119,10 +119,11 @@ impl<T: WindowItem> Window<T> {
         }
     }
 
-    /// The bytes of address space `with_capacity(capacity)` reserves: its index and its items.
-    pub(crate) fn reserved_bytes(capacity: u64) -> u128 {
+    /// The bytes of address space `with_capacity(capacity)` reserves: its index, then its
+    /// items.
+    pub(crate) fn reserved_blocks(capacity: u64) -> [u128; 2] {
         let index = index_slots(capacity) as u128 * std::mem::size_of::<u64>() as u128;
-        index + capacity as u128 * std::mem::size_of::<T>() as u128
+        [index, capacity as u128 * std::mem::size_of::<T>() as u128]
     }
 
     /// Rebuilds a window from its items in order (from a snapshot). The index is sized for
@@ -450,19 +451,22 @@ mod tests {
     }
 
     #[test]
-    fn reserved_bytes_match_what_a_window_allocates() {
+    fn reserved_blocks_match_what_a_window_allocates() {
         for capacity in [0, 1, 5, 6, 7, 1000, 1 << 20, 10_000_000] {
             let window: Window<Item> = Window::with_capacity(capacity);
-            let allocated = window.index.capacity() * std::mem::size_of::<u64>()
-                + window.items.capacity() * std::mem::size_of::<Item>();
+            let allocated = [
+                window.index.capacity() * std::mem::size_of::<u64>(),
+                window.items.capacity() * std::mem::size_of::<Item>(),
+            ];
             assert_eq!(
-                Window::<Item>::reserved_bytes(capacity),
-                allocated as u128,
+                Window::<Item>::reserved_blocks(capacity),
+                allocated.map(|bytes| bytes as u128),
                 "capacity {capacity}"
             );
         }
         // A bound no machine can hold is a number, not a panic.
-        assert!(Window::<Item>::reserved_bytes(u64::MAX) > u64::MAX as u128);
+        let [index, items] = Window::<Item>::reserved_blocks(u64::MAX);
+        assert!(index + items > u64::MAX as u128);
     }
 
     #[test]
